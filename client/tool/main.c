@@ -1,0 +1,57 @@
+/*
+ * `fedprune`: the offline tool. Dispatches to a subcommand; each lives in its own file.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+#include "tool.h"
+
+static const struct fp_tool_cmd cmds[] = {
+	{ "inspect", "list the tensors of a model directory with dtype, shape and sparsity",
+	  fp_cmd_inspect },
+	{ "eval", "perplexity of a model on a token or text file", fp_cmd_eval },
+};
+
+static void usage(void)
+{
+	printf("Usage: %s COMMAND [OPTIONS]\n"
+	       "\n"
+	       "Offline pruning tool of fedprune: the same code the daemons run, without a\n"
+	       "network.\n"
+	       "\n"
+	       "Commands:\n",
+	       FP_TOOL);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		printf("  %-10s %s\n", cmds[i].name, cmds[i].summary);
+	printf("\n"
+	       "Options:\n"
+	       "  -h, --help     show this help and exit\n"
+	       "  -V, --version  show version information and exit\n"
+	       "\n"
+	       "'%s COMMAND --help' describes each command.\n",
+	       FP_TOOL);
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = argc > 1 ? argv[1] : NULL;
+
+	if (!cmd)
+		fp_cli_fail(FP_TOOL, "missing command");
+	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+		usage();
+		return 0;
+	}
+	if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+		fp_cli_version(FP_TOOL);
+		return 0;
+	}
+	if (cmd[0] == '-')
+		fp_cli_fail(FP_TOOL, "unknown option '%s'", cmd);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(cmd, cmds[i].name) == 0)
+			return cmds[i].run(argc - 1, argv + 1);
+	fp_cli_fail(FP_TOOL, "unknown command '%s'", cmd);
+}
