@@ -4,7 +4,9 @@
  * All functions work on bit patterns (uint16_t for the 16-bit formats) so callers can feed bytes
  * straight from a file after a memcpy. Widening is exact for every pattern: subnormals become
  * normal f32 values, infinities stay infinite, NaNs stay NaN with sign and payload kept (the
- * payload is shifted into the top mantissa bits). Narrowing rounds to nearest, ties to even,
+ * payload is shifted into the top mantissa bits; F16 -> F32 also sets the quiet bit, as the
+ * IEEE conversion and the F16C instruction do, while BF16 -> F32 is a pure bit extension that
+ * keeps a signalling NaN signalling). Narrowing rounds to nearest, ties to even,
  * independent of the FPU rounding mode; finite values too large for the format become infinity
  * (as IEEE 754 round-to-nearest requires), values too small become a subnormal or a signed zero,
  * and a NaN always stays a NaN (quiet, sign and top payload bits kept).
@@ -65,8 +67,10 @@ static inline float fp_f16_to_f32(uint16_t h)
 	uint32_t exp = (h >> 10) & 0x1fu;
 	uint32_t mant = h & 0x3ffu;
 
-	if (exp == 0x1f) /* Inf or NaN (payload kept) */
-		return fp_f32_from_bits(sign | 0x7f800000u | (mant << 13));
+	if (exp == 0x1f && mant == 0)
+		return fp_f32_from_bits(sign | 0x7f800000u);
+	if (exp == 0x1f) /* NaN: payload kept, quieted as IEEE conversions (and F16C) do */
+		return fp_f32_from_bits(sign | 0x7fc00000u | (mant << 13));
 	if (exp != 0) /* normal: rebias 15 -> 127 */
 		return fp_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
 	if (mant == 0)
@@ -93,9 +97,9 @@ static inline uint16_t fp_f32_to_f16(float f)
 		return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
 	if (a >= 0x477ff000u) /* >= 65520 = 65504 + half an ulp: rounds (ties-even) to Inf */
 		return (uint16_t)(sign | 0x7c00u);
-	if (a >= 0x38800000u) { /* >= 2^-14: normal binary16 */
-		a -= 112u << 23;			/* rebias the exponent */
-		a += 0x0fffu + ((a >> 13) & 1u);	/* RNE on the 13 dropped bits */
+	if (a >= 0x38800000u) {			     /* >= 2^-14: normal binary16 */
+		a -= 112u << 23;		     /* rebias the exponent */
+		a += 0x0fffu + ((a >> 13) & 1u);     /* RNE on the 13 dropped bits */
 		return (uint16_t)(sign | (a >> 13)); /* a carry into the exponent is right */
 	}
 	if (a < 0x33000000u) /* < 2^-25 (half the smallest subnormal): signed zero */
