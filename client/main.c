@@ -2,22 +2,167 @@
  * fedprune-client: the daemon that runs next to an organisation's private calibration data.
  * Options, configuration and the loop's life are shared with the server (common/base/daemon.c);
  * this file holds the client's configuration table and what it starts on the loop.
+ *
+ * Today the client keeps its connection to the server (common/net/link.h): mutually
+ * authenticated TLS 1.3, Hello/Welcome, heartbeats, reconnects with backoff; round work plugs
+ * in through struct fp_link_ops and fp_link_upload().
  */
+#include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <time.h>
 
 #include "cfg.h"
 #include "daemon.h"
+#include "err.h"
+#include "link.h"
 #include "log.h"
+#include "netcfg.h"
+#include "tls.h"
 
 struct client_cfg {
 	int log_level;
+	char *server;
+	uint32_t port;
+	char *server_name;
+	char *id;
+	uint64_t reconnect_min_ms;
+	uint64_t reconnect_max_ms;
+	uint64_t chunk;
+	struct fp_net_cfg net;
 };
 
 static const struct fp_cfg_key client_keys[] = {
 	{ "log", "level", FP_CFG_ENUM, offsetof(struct client_cfg, log_level), .def = "info",
 	  .choices = fp_log_level_names, .help = "least severe level written to stderr" },
+	{ "client", "server", FP_CFG_STR, offsetof(struct client_cfg, server), .def = "localhost",
+	  .max = 253, .help = "DNS name or IP address of the fedprune server" },
+	{ "client", "port", FP_CFG_U32, offsetof(struct client_cfg, port), .def = "7443", .min = 1,
+	  .max = 65535, .help = "TCP port of the server" },
+	{ "client", "server_name", FP_CFG_STR, offsetof(struct client_cfg, server_name), .def = "",
+	  .max = 253,
+	  .help = "name or IP the server certificate must carry (empty: the server value)" },
+	{ "client", "id", FP_CFG_STR, offsetof(struct client_cfg, id), .def = "", .max = 64,
+	  .help = "client identity; with TLS the certificate CN decides and this is "
+		  "informational; required in insecure mode" },
+	{ "client", "reconnect_min", FP_CFG_MSEC, offsetof(struct client_cfg, reconnect_min_ms),
+	  .def = "1s", .min = 10, .max = 3600000,
+	  .help = "first reconnect delay ceiling (doubles per failure, full jitter)" },
+	{ "client", "reconnect_max", FP_CFG_MSEC, offsetof(struct client_cfg, reconnect_max_ms),
+	  .def = "60s", .min = 10, .max = 86400000, .help = "largest reconnect delay" },
+	{ "client", "chunk", FP_CFG_SIZE, offsetof(struct client_cfg, chunk), .def = "0", .min = 0,
+	  .max = FP_FRAME_MAX_LIMIT / 2, .help = "upload chunk size; 0: what the server asks for" },
+	FP_NET_CFG_KEYS(struct client_cfg, net, "client"),
 	{ 0 },
 };
+
+struct client {
+	struct fp_daemon *d;
+	SSL_CTX *tls;
+	struct fp_link *link;
+};
+
+static struct client client;
+
+static void client_down(struct fp_link *l, const char *reason, bool fatal)
+{
+	(void)l;
+	if (!fatal)
+		return;
+	fp_log_err("stopping: the server does not accept this client", "reason=%s", fp_q(reason));
+	fp_daemon_fail(client.d);
+}
+
+static void check_cert(const char *path)
+{
+	char cn[FP_ID_MAX + 1];
+	int64_t not_after = 0, now = (int64_t)time(NULL);
+
+	if (fp_tls_cert_info(path, cn, sizeof(cn), &not_after) < 0)
+		return;
+	if (not_after < now)
+		fp_log_err("client certificate has expired", "cert=%s cn=%s", fp_q(path), fp_q(cn));
+	else if (not_after - now < 30 * 86400)
+		fp_log_warn("client certificate expires soon", "cert=%s cn=%s days_left=%lld",
+			    fp_q(path), fp_q(cn), (long long)((not_after - now) / 86400));
+	else
+		fp_log_info("client certificate", "cert=%s identity=%s days_left=%lld", fp_q(path),
+			    fp_q(cn), (long long)((not_after - now) / 86400));
+}
+
+static int client_start(struct fp_daemon *d, void *arg)
+{
+	struct client_cfg *c = arg;
+	struct fp_link_ops ops = { .on_down = client_down };
+	struct fp_link_cfg lc = { 0 };
+	int insecure, r;
+
+	client.d = d;
+	r = fp_net_cfg_check(&c->net);
+	if (r < 0)
+		return r;
+	if (c->reconnect_max_ms < c->reconnect_min_ms)
+		return fp_err_detail(-EINVAL, "[client] reconnect_max must not be below "
+					      "reconnect_min");
+	if (c->chunk && (c->chunk < 4096 || c->chunk > c->net.max_frame / 2))
+		return fp_err_detail(-EINVAL, "[client] chunk must be 0 or 4 KiB .. max_frame / 2");
+	if (c->id[0] && !fp_identity_valid(c->id))
+		return fp_err_detail(-EINVAL,
+				     "[client] id '%s' is not a valid identity (1..64 of "
+				     "A-Z a-z 0-9 . _ @ -)",
+				     c->id);
+	insecure = fp_net_insecure(&c->net, d->insecure);
+	if (insecure < 0)
+		return insecure;
+	if (insecure && !c->id[0])
+		return fp_err_detail(-EINVAL, "insecure mode needs [client] id");
+	if (!insecure) {
+		struct fp_tls_opts o = { .cert = c->net.cert, .key = c->net.key, .ca = c->net.ca };
+
+		check_cert(c->net.cert);
+		r = fp_tls_ctx_new(&o, &client.tls);
+		if (r < 0)
+			return r;
+	}
+	lc.host = c->server;
+	lc.port = (uint16_t)c->port;
+	lc.server_name = c->server_name;
+	lc.tls = client.tls;
+	lc.client_id = c->id;
+	fp_net_conn_opts(&c->net, &lc.conn);
+	lc.heartbeat_ms = (uint32_t)c->net.heartbeat_ms;
+	lc.backoff_base_ms = c->reconnect_min_ms;
+	lc.backoff_cap_ms = c->reconnect_max_ms;
+	lc.chunk_bytes = (uint32_t)c->chunk;
+	r = fp_link_start(&d->loop, &lc, &ops, &client.link);
+	if (r < 0)
+		return r;
+	fp_log_info("connecting", "server=%s port=%u transport=%s", fp_q(c->server), c->port,
+		    insecure ? "INSECURE-plaintext" : "mTLS-1.3");
+	return 0;
+}
+
+static void client_stopped(struct fp_link *l, void *ud)
+{
+	(void)l;
+	(void)ud;
+	client.link = NULL;
+	SSL_CTX_free(client.tls);
+	client.tls = NULL;
+}
+
+static int client_stop(struct fp_daemon *d, void *arg)
+{
+	(void)d;
+	(void)arg;
+	if (!client.link) {
+		SSL_CTX_free(client.tls);
+		client.tls = NULL;
+		return 0;
+	}
+	fp_link_stop(client.link, client_stopped, NULL);
+	return 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -29,6 +174,8 @@ int main(int argc, char **argv)
 		.keys = client_keys,
 		.cfg = &cfg,
 		.log_level_offset = offsetof(struct client_cfg, log_level),
+		.start = client_start,
+		.stop = client_stop,
 	};
 
 	return fp_daemon_main(argc, argv, &desc);

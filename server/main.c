@@ -2,22 +2,171 @@
  * fedprune-server: the aggregation daemon. Everything it shares with the client (options,
  * configuration, the loop's life) lives in common/base/daemon.c; this file holds what is the
  * server's own: its configuration table and what it starts on the loop.
+ *
+ * Today the server runs the transport (common/net/srv.h): mutually authenticated TLS 1.3,
+ * Hello/Welcome, heartbeats, resumable uploads with digests. The round logic plugs in through
+ * fp_srv_set_handler() and struct fp_srv_ops.
  */
+#include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "cfg.h"
 #include "daemon.h"
+#include "err.h"
 #include "log.h"
+#include "netcfg.h"
+#include "srv.h"
+#include "tls.h"
 
 struct server_cfg {
 	int log_level;
+	char *listen;
+	uint32_t port;
+	uint32_t max_clients;
+	char *allowlist;
+	uint64_t max_upload;
+	uint64_t session_ttl_ms;
+	uint64_t chunk;
+	struct fp_net_cfg net;
 };
 
 static const struct fp_cfg_key server_keys[] = {
 	{ "log", "level", FP_CFG_ENUM, offsetof(struct server_cfg, log_level), .def = "info",
 	  .choices = fp_log_level_names, .help = "least severe level written to stderr" },
+	{ "server", "listen", FP_CFG_STR, offsetof(struct server_cfg, listen), .def = "0.0.0.0",
+	  .max = 64, .help = "IPv4 or IPv6 address to listen on (:: for every IPv6 address)" },
+	{ "server", "port", FP_CFG_U32, offsetof(struct server_cfg, port), .def = "7443", .min = 1,
+	  .max = 65535, .help = "TCP port to listen on" },
+	{ "server", "max_clients", FP_CFG_U32, offsetof(struct server_cfg, max_clients),
+	  .def = "1024", .min = 1, .max = 65536,
+	  .help = "connections held at once; further ones are closed at accept" },
+	{ "server", "allowlist", FP_CFG_STR, offsetof(struct server_cfg, allowlist), .def = "",
+	  .max = 4096,
+	  .help = "file of client identities (certificate CNs) allowed in, one per line; empty: "
+		  "every client certificate the CA signed" },
+	{ "server", "max_upload", FP_CFG_SIZE, offsetof(struct server_cfg, max_upload),
+	  .def = "64GiB", .min = 1024, .max = UINT64_MAX / 2,
+	  .help = "most bytes one client may submit in a round" },
+	{ "server", "session_ttl", FP_CFG_MSEC, offsetof(struct server_cfg, session_ttl_ms),
+	  .def = "1h", .min = 1000, .max = 30ull * 86400 * 1000,
+	  .help = "how long a disconnected client's session (and resumable upload) is kept" },
+	{ "server", "chunk", FP_CFG_SIZE, offsetof(struct server_cfg, chunk), .def = "1MiB",
+	  .min = 4096, .max = FP_FRAME_MAX_LIMIT / 2,
+	  .help = "upload chunk size clients are asked to use (at most max_frame / 2)" },
+	FP_NET_CFG_KEYS(struct server_cfg, net, "server"),
 	{ 0 },
 };
+
+struct server {
+	struct fp_daemon *d;
+	SSL_CTX *tls;
+	struct fp_allowlist allow;
+	struct fp_srv *srv;
+};
+
+static struct server server;
+
+/* Log the certificate's name and warn when it expires soon or has expired. */
+static void check_cert(const char *path)
+{
+	char cn[FP_ID_MAX + 1];
+	int64_t not_after = 0, now = (int64_t)time(NULL);
+
+	if (fp_tls_cert_info(path, cn, sizeof(cn), &not_after) < 0)
+		return; /* fp_tls_ctx_new reports it */
+	if (not_after < now)
+		fp_log_err("server certificate has expired", "cert=%s cn=%s", fp_q(path), fp_q(cn));
+	else if (not_after - now < 30 * 86400)
+		fp_log_warn("server certificate expires soon", "cert=%s cn=%s days_left=%lld",
+			    fp_q(path), fp_q(cn), (long long)((not_after - now) / 86400));
+	else
+		fp_log_info("server certificate", "cert=%s cn=%s days_left=%lld", fp_q(path),
+			    fp_q(cn), (long long)((not_after - now) / 86400));
+}
+
+static int server_start(struct fp_daemon *d, void *arg)
+{
+	struct server_cfg *c = arg;
+	struct fp_srv_cfg sc = { 0 };
+	int insecure, r;
+
+	server.d = d;
+	r = fp_net_cfg_check(&c->net);
+	if (r < 0)
+		return r;
+	if (c->chunk > c->net.max_frame / 2)
+		return fp_err_detail(-EINVAL,
+				     "[server] chunk (%llu) must be at most half of [net] "
+				     "max_frame (%llu)",
+				     (unsigned long long)c->chunk,
+				     (unsigned long long)c->net.max_frame);
+	insecure = fp_net_insecure(&c->net, d->insecure);
+	if (insecure < 0)
+		return insecure;
+	if (!insecure) {
+		struct fp_tls_opts o = {
+			.server = true, .cert = c->net.cert, .key = c->net.key, .ca = c->net.ca
+		};
+
+		check_cert(c->net.cert);
+		r = fp_tls_ctx_new(&o, &server.tls);
+		if (r < 0)
+			return r;
+	}
+	if (c->allowlist[0]) {
+		r = fp_allowlist_load(c->allowlist, &server.allow);
+		if (r < 0)
+			return r;
+		fp_log_info("allowlist loaded", "file=%s identities=%zu", fp_q(c->allowlist),
+			    server.allow.n);
+	}
+	sc.listen = c->listen;
+	sc.port = (uint16_t)c->port;
+	sc.max_clients = c->max_clients;
+	sc.tls = server.tls;
+	sc.allow = c->allowlist[0] ? &server.allow : NULL;
+	fp_net_conn_opts(&c->net, &sc.conn);
+	sc.heartbeat_ms = (uint32_t)c->net.heartbeat_ms;
+	sc.chunk_bytes = (uint32_t)c->chunk;
+	sc.max_upload = c->max_upload;
+	sc.session_ttl_ms = c->session_ttl_ms;
+	r = fp_srv_start(&d->loop, &sc, NULL, &server.srv);
+	if (r < 0)
+		return r;
+	fp_log_info("listening", "listen=%s port=%d transport=%s max_clients=%u max_frame=%llu",
+		    fp_q(c->listen), fp_srv_port(server.srv),
+		    insecure ? "INSECURE-plaintext" : "mTLS-1.3", c->max_clients,
+		    (unsigned long long)c->net.max_frame);
+	return 0;
+}
+
+static void server_stopped(struct fp_srv *srv, void *ud)
+{
+	(void)srv;
+	(void)ud;
+	server.srv = NULL;
+	SSL_CTX_free(server.tls);
+	server.tls = NULL;
+	fp_allowlist_free(&server.allow);
+}
+
+static int server_stop(struct fp_daemon *d, void *arg)
+{
+	(void)d;
+	(void)arg;
+	if (!server.srv) {
+		SSL_CTX_free(server.tls);
+		server.tls = NULL;
+		fp_allowlist_free(&server.allow);
+		return 0;
+	}
+	fp_srv_stop(server.srv, server_stopped, NULL);
+	return 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -29,6 +178,8 @@ int main(int argc, char **argv)
 		.keys = server_keys,
 		.cfg = &cfg,
 		.log_level_offset = offsetof(struct server_cfg, log_level),
+		.start = server_start,
+		.stop = server_stop,
 	};
 
 	return fp_daemon_main(argc, argv, &desc);

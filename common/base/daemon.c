@@ -25,16 +25,34 @@ static void close_any(uv_handle_t *h, void *arg)
 		uv_close(h, close_cb_noop);
 }
 
+static void on_drain_timeout(uv_timer_t *t)
+{
+	struct fp_daemon *d = t->data;
+
+	fp_log_warn("shutdown took too long: closing what is left", "daemon=%s after_ms=%d",
+		    d->name, FP_DAEMON_DRAIN_MS);
+	uv_stop(&d->loop);
+}
+
 static void begin_stop(struct fp_daemon *d, int signum)
 {
+	int drain = 0;
+
 	if (d->stop_signal)
 		return;
 	d->stop_signal = signum ? signum : SIGTERM;
 	fp_log_info("shutting down", "daemon=%s signal=%s", d->name, strsignal(d->stop_signal));
-	if (d->on_stop)
-		d->on_stop(d, d->stop_signal);
 	uv_signal_stop(&d->sig_term);
 	uv_signal_stop(&d->sig_int);
+	if (d->on_stop)
+		drain = d->on_stop(d, d->stop_signal);
+	if (drain > 0) {
+		/* The loop ends by itself once the daemon's handles are closed; the timer does
+		 * not keep it alive. */
+		uv_timer_start(&d->drain, on_drain_timeout, FP_DAEMON_DRAIN_MS, 0);
+		uv_unref((uv_handle_t *)&d->drain);
+		return;
+	}
 	uv_stop(&d->loop);
 }
 
@@ -58,8 +76,10 @@ int fp_daemon_init(struct fp_daemon *d, const char *name, fp_daemon_stop_cb on_s
 		return r;
 	uv_signal_init(&d->loop, &d->sig_term);
 	uv_signal_init(&d->loop, &d->sig_int);
+	uv_timer_init(&d->loop, &d->drain);
 	d->sig_term.data = d;
 	d->sig_int.data = d;
+	d->drain.data = d;
 	r = uv_signal_start(&d->sig_term, on_signal, SIGTERM);
 	if (r == 0)
 		r = uv_signal_start(&d->sig_int, on_signal, SIGINT);
@@ -74,6 +94,20 @@ int fp_daemon_init(struct fp_daemon *d, const char *name, fp_daemon_stop_cb on_s
 void fp_daemon_stop(struct fp_daemon *d)
 {
 	begin_stop(d, SIGTERM);
+}
+
+void fp_daemon_fail(struct fp_daemon *d)
+{
+	d->failed = true;
+	begin_stop(d, SIGTERM);
+}
+
+static int main_on_stop(struct fp_daemon *d, int signum)
+{
+	(void)signum;
+	if (d->desc && d->desc->stop)
+		return d->desc->stop(d, d->data);
+	return 0;
 }
 
 int fp_daemon_run(struct fp_daemon *d)
@@ -106,6 +140,8 @@ static void daemon_usage(const struct fp_daemon_desc *desc)
 	       "      --check-config    validate the configuration and exit\n"
 	       "      --print-config    print every configuration key with its default and bounds\n"
 	       "  -l, --log-level LVL   debug, info, warn or error (overrides the config)\n"
+	       "      --insecure        development only: plaintext, no authentication (also\n"
+	       "                        needs 'insecure = true' in [tls]; warns every minute)\n"
 	       "  -h, --help            show this help and exit\n"
 	       "  -V, --version         show version information and exit\n",
 	       desc->prog, desc->summary);
@@ -118,12 +154,13 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 		{ "check-config", no_argument, NULL, 'C' },
 		{ "print-config", no_argument, NULL, 'P' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "insecure", no_argument, NULL, 'I' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	const char *config_path = NULL;
-	bool check_only = false, level_flag = false;
+	bool check_only = false, level_flag = false, insecure = false;
 	enum fp_log_level level = FP_LOG_INFO;
 	struct fp_daemon d;
 	int c, r;
@@ -146,6 +183,9 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 					    "--log-level '%s' is not debug, info, warn or error",
 					    optarg);
 			level_flag = true;
+			break;
+		case 'I':
+			insecure = true;
 			break;
 		case 'h':
 			daemon_usage(desc);
@@ -174,11 +214,14 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 		goto out;
 	}
 
-	r = fp_daemon_init(&d, desc->prog, NULL, desc->cfg);
+	r = fp_daemon_init(&d, desc->prog, main_on_stop, desc->cfg);
 	if (r < 0) {
 		fp_log_err("cannot start event loop", "err=%s", fp_q(fp_strerror(r)));
 		goto out;
 	}
+	d.desc = desc;
+	d.insecure = insecure;
+	fp_err_clear();
 	r = desc->start ? desc->start(&d, desc->cfg) : 0;
 	if (r < 0) {
 		fp_log_err("startup failed", "daemon=%s err=%s detail=%s", desc->prog,
@@ -190,6 +233,8 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 	}
 	if (fp_daemon_run(&d) < 0 && r == 0)
 		r = -EBUSY;
+	if (d.failed && r == 0)
+		r = -EIO;
 out:
 	fp_cfg_free(desc->keys, desc->cfg);
 	return r < 0 ? 1 : 0;

@@ -1,0 +1,814 @@
+/*
+ * Transport benchmarks (issue 5), measured side by side in one run; figures go into
+ * docs/benchmarks.md. Not a timed test: it prints what it measured.
+ *
+ *   bench_net [upload|clients|all] [--mib N] [--clients N]
+ *
+ * upload:  one client uploads an N MiB (default 256) bit mask to a server in another process
+ *          over mutually authenticated TLS 1.3 on loopback, with the protocol's BLAKE2b-256
+ *          digest per tensor, until the server's Receipt. Throughput is divided by OpenSSL's
+ *          single-core AES-128-GCM throughput measured in the same run (`openssl speed -evp
+ *          aes-128-gcm -seconds 3`, 16 KiB column, and EVP in this process as a cross-check).
+ *          Variants: the sender hashes while sending (producer without a digest) and the
+ *          producer supplies the digest (the sender does not hash; the server always does).
+ * clients: N (default 1000) mTLS clients in one process on one loop connect to a server in
+ *          another process and heartbeat; reports handshakes per second and the server's RSS
+ *          per idle connection (VmRSS before and after, from /proc).
+ *
+ * Certificates are made in a temporary directory with the OpenSSL API.
+ */
+#include <errno.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <sodium.h>
+#include <uv.h>
+
+#include "err.h"
+#include "link.h"
+#include "log.h"
+#include "srv.h"
+#include "tls.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "bench_net: %s: %s\n", what, fp_err_last());
+	exit(1);
+}
+
+/* --- certificates --- */
+
+struct pki {
+	char dir[64];
+	char ca[96], scrt[96], skey[96], ccrt[96], ckey[96];
+	X509 *ca_cert;
+	EVP_PKEY *ca_key;
+};
+
+static void add_ext(X509 *issuer, X509 *x, int nid, const char *v)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *ex;
+
+	X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
+	ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
+	if (!ex || X509_add_ext(x, ex, -1) != 1)
+		die("certificate extension");
+	X509_EXTENSION_free(ex);
+}
+
+static X509 *cert(EVP_PKEY *k, const char *cn, X509 *issuer, EVP_PKEY *ikey, int kind)
+{
+	static long serial = 1;
+	X509 *x = X509_new();
+	X509_NAME *n = X509_NAME_new();
+
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+	X509_set_pubkey(x, k);
+	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_subject_name(x, n);
+	X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+	X509_NAME_free(n);
+	if (kind == 0) {
+		add_ext(NULL, x, NID_basic_constraints, "critical,CA:TRUE");
+		add_ext(NULL, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+	} else {
+		add_ext(issuer, x, NID_basic_constraints, "CA:FALSE");
+		add_ext(issuer, x, NID_ext_key_usage, kind == 1 ? "serverAuth" : "clientAuth");
+		if (kind == 1)
+			add_ext(issuer, x, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+	}
+	if (X509_sign(x, ikey ? ikey : k, EVP_sha256()) <= 0)
+		die("X509_sign");
+	return x;
+}
+
+static void save(const char *crt_path, X509 *x, const char *key_path, EVP_PKEY *k)
+{
+	FILE *f = fopen(crt_path, "w");
+
+	if (!f || PEM_write_X509(f, x) != 1 || fclose(f) != 0)
+		die(crt_path);
+	if (!key_path)
+		return;
+	f = fopen(key_path, "w");
+	if (!f || PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) != 1 || fclose(f) != 0)
+		die(key_path);
+}
+
+static void pki_make(struct pki *p)
+{
+	EVP_PKEY *ck = EVP_EC_gen("P-256"), *sk = EVP_EC_gen("P-256"), *lk = EVP_EC_gen("P-256");
+	X509 *ca, *s, *c;
+
+	snprintf(p->dir, sizeof(p->dir), "/tmp/fp-bench-XXXXXX");
+	if (!mkdtemp(p->dir) || !ck || !sk || !lk)
+		die("pki");
+	snprintf(p->ca, sizeof(p->ca), "%s/ca.crt", p->dir);
+	snprintf(p->scrt, sizeof(p->scrt), "%s/server.crt", p->dir);
+	snprintf(p->skey, sizeof(p->skey), "%s/server.key", p->dir);
+	snprintf(p->ccrt, sizeof(p->ccrt), "%s/client.crt", p->dir);
+	snprintf(p->ckey, sizeof(p->ckey), "%s/client.key", p->dir);
+	ca = cert(ck, "bench CA", NULL, NULL, 0);
+	s = cert(sk, "localhost", ca, ck, 1);
+	c = cert(lk, "bench-client", ca, ck, 2);
+	save(p->ca, ca, NULL, NULL);
+	save(p->scrt, s, p->skey, sk);
+	save(p->ccrt, c, p->ckey, lk);
+	p->ca_cert = ca;
+	p->ca_key = ck;
+	X509_free(s);
+	X509_free(c);
+	EVP_PKEY_free(sk);
+	EVP_PKEY_free(lk);
+}
+
+/* A client certificate with CN "bench-client-<i>" and its context. */
+static SSL_CTX *client_ctx_n(struct pki *p, int i)
+{
+	char cn[64], crt[128], key[128];
+	EVP_PKEY *k = EVP_EC_gen("P-256");
+	struct fp_tls_opts o = { .cert = crt, .key = key, .ca = p->ca };
+	SSL_CTX *ctx;
+	X509 *x;
+
+	if (!k)
+		die("EVP_EC_gen");
+	snprintf(cn, sizeof(cn), "bench-client-%d", i);
+	snprintf(crt, sizeof(crt), "%s/c%d.crt", p->dir, i);
+	snprintf(key, sizeof(key), "%s/c%d.key", p->dir, i);
+	x = cert(k, cn, p->ca_cert, p->ca_key, 2);
+	save(crt, x, key, k);
+	if (fp_tls_ctx_new(&o, &ctx) < 0)
+		die("client context");
+	unlink(crt);
+	unlink(key);
+	X509_free(x);
+	EVP_PKEY_free(k);
+	return ctx;
+}
+
+static void pki_remove(struct pki *p)
+{
+	unlink(p->ca);
+	unlink(p->scrt);
+	unlink(p->skey);
+	unlink(p->ccrt);
+	unlink(p->ckey);
+	rmdir(p->dir);
+	X509_free(p->ca_cert);
+	EVP_PKEY_free(p->ca_key);
+}
+
+static SSL_CTX *ctx_for(struct pki *p, bool server)
+{
+	struct fp_tls_opts o = { .server = server,
+				 .cert = server ? p->scrt : p->ccrt,
+				 .key = server ? p->skey : p->ckey,
+				 .ca = p->ca };
+	SSL_CTX *ctx;
+
+	if (fp_tls_ctx_new(&o, &ctx) < 0)
+		die("TLS context");
+	return ctx;
+}
+
+/* --- the server process --- */
+
+static volatile sig_atomic_t child_stop;
+
+static void on_child_signal(int s)
+{
+	(void)s;
+	child_stop = 1;
+}
+
+static volatile sig_atomic_t child_report;
+static int report_fd = -1;
+
+static void on_child_usr1(int s)
+{
+	(void)s;
+	child_report = 1;
+}
+
+static void child_poll(uv_timer_t *t)
+{
+	if (child_report) {
+		struct mallinfo2 mi = mallinfo2();
+		uint64_t inuse = mi.uordblks + mi.hblkhd;
+
+		child_report = 0;
+		if (write(report_fd, &inuse, sizeof(inuse)) != sizeof(inuse))
+			_exit(1);
+	}
+	if (!child_stop)
+		return;
+	fp_srv_stop(t->data, NULL, NULL);
+	uv_close((uv_handle_t *)t, NULL);
+}
+
+static int discard_chunk(struct fp_srv *srv, struct fp_session *s, const Fedprune__TensorChunk *c)
+{
+	(void)srv;
+	(void)s;
+	(void)c;
+	return 0;
+}
+
+/* Transport-only variant: chunks are counted, the commit answered without any digest work. */
+static uint64_t counted;
+
+static int count_chunk(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+{
+	(void)srv;
+	(void)s;
+	counted += e->chunk->data.len;
+	return 0;
+}
+
+static int accept_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+{
+	Fedprune__Envelope out = FEDPRUNE__ENVELOPE__INIT;
+	Fedprune__Receipt rc = FEDPRUNE__RECEIPT__INIT;
+
+	(void)srv;
+	rc.round_id = e->commit->round_id;
+	rc.accepted = counted > 0;
+	rc.reason = "";
+	out.version = FP_PROTO_VERSION;
+	out.msg_case = FEDPRUNE__ENVELOPE__MSG_RECEIPT;
+	out.receipt = &rc;
+	return fp_session_send(s, &out);
+}
+
+static bool transport_only;
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int report_rd = -1; /* parent's end: heap bytes in use, after SIGUSR1 to the server */
+
+/* Heap bytes the server process has in use (malloc's view, not RSS). */
+static uint64_t server_heap(pid_t pid)
+{
+	uint64_t v = 0;
+
+	kill(pid, SIGUSR1);
+	if (read(report_rd, &v, sizeof(v)) != sizeof(v))
+		return 0;
+	return v;
+}
+
+/* Fork a server on 127.0.0.1:port; writes its port to the pipe and runs until SIGTERM. */
+static pid_t spawn_server(struct pki *p, uint32_t max_clients, int *ret_port)
+{
+	int fds[2], rep[2];
+	pid_t pid;
+
+	if (pipe(fds) < 0 || pipe(rep) < 0)
+		die("pipe");
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		struct fp_srv_ops ops = { .on_chunk = discard_chunk };
+		struct fp_srv_cfg cfg = { 0 };
+		struct fp_srv *srv;
+		uv_loop_t loop;
+		uv_timer_t poll;
+		int port;
+
+		close(fds[0]);
+		close(rep[0]);
+		report_fd = rep[1];
+		raise_nofile();
+		signal(SIGTERM, on_child_signal);
+		signal(SIGUSR1, on_child_usr1);
+		signal(SIGPIPE, SIG_IGN);
+		uv_loop_init(&loop);
+		cfg.listen = "127.0.0.1";
+		cfg.max_clients = max_clients;
+		cfg.tls = ctx_for(p, true);
+		cfg.conn.max_frame = 4u << 20;
+		cfg.conn.handshake_ms = 60000;
+		cfg.conn.idle_ms = 120000;
+		cfg.conn.msg_ms = 60000;
+		cfg.conn.wq_high = 1u << 20;
+		cfg.conn.wq_low = 256u << 10;
+		cfg.heartbeat_ms = 1000;
+		cfg.chunk_bytes = 1u << 20;
+		if (fp_srv_start(&loop, &cfg, &ops, &srv) < 0)
+			die("server");
+		if (transport_only) {
+			fp_srv_set_handler(srv, FEDPRUNE__ENVELOPE__MSG_CHUNK, count_chunk);
+			fp_srv_set_handler(srv, FEDPRUNE__ENVELOPE__MSG_COMMIT, accept_commit);
+		}
+		port = fp_srv_port(srv);
+		if (write(fds[1], &port, sizeof(port)) != sizeof(port))
+			_exit(1);
+		close(fds[1]);
+		uv_timer_init(&loop, &poll);
+		poll.data = srv;
+		uv_timer_start(&poll, child_poll, 50, 50);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		SSL_CTX_free(cfg.tls);
+		_exit(uv_loop_close(&loop) == 0 ? 0 : 3);
+	}
+	close(fds[1]);
+	close(rep[1]);
+	if (report_rd >= 0)
+		close(report_rd);
+	report_rd = rep[0];
+	if (read(fds[0], ret_port, sizeof(*ret_port)) != sizeof(*ret_port))
+		die("server did not start");
+	close(fds[0]);
+	return pid;
+}
+
+static double cpu_of(const struct rusage *ru)
+{
+	return (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec * 1e-6 +
+	       (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec * 1e-6;
+}
+
+static double self_cpu(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return cpu_of(&ru);
+}
+
+/* SIGTERM the server, wait for it; *ret_cpu = the CPU seconds it used (may be NULL). */
+static int stop_server_cpu(pid_t pid, double *ret_cpu)
+{
+	struct rusage ru;
+	int st = 0;
+
+	kill(pid, SIGTERM);
+	memset(&ru, 0, sizeof(ru));
+	wait4(pid, &st, 0, &ru);
+	if (ret_cpu)
+		*ret_cpu = cpu_of(&ru);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int stop_server(pid_t pid)
+{
+	return stop_server_cpu(pid, NULL);
+}
+
+/* CPU seconds (user + system) a process used so far, from /proc/PID/stat. */
+static double proc_cpu(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long ut = 0, st = 0;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	/* After "pid (comm)": state, then fields 4..13; utime and stime are fields 14 and 15. */
+	if (!p ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long vmrss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+/* --- AES-128-GCM reference throughput --- */
+
+static double openssl_speed(void)
+{
+	FILE *f = popen("openssl speed -evp aes-128-gcm -seconds 3 2>/dev/null", "r");
+	char line[512];
+	double v = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		char *last;
+
+		if (strncmp(line, "AES-128-GCM", 11) != 0)
+			continue;
+		last = strrchr(line, ' ');
+		if (last)
+			v = strtod(last + 1, NULL) * 1000.0; /* "4284895.82k": 1000s of bytes/s */
+	}
+	pclose(f);
+	return v;
+}
+
+static double self_cpu(void);
+
+/* AES-128-GCM over 16 KiB records for 3 CPU-seconds of this process (CPU time, like
+ * `openssl speed`, so other load on the machine does not count). */
+static double evp_speed(void)
+{
+	static uint8_t in[16384], out[16384 + 16];
+	uint8_t key[16] = { 1 }, iv[12] = { 2 }, tag[16];
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	double c0 = self_cpu(), t;
+	uint64_t bytes = 0;
+	int n;
+
+	EVP_EncryptInit_ex(ctx, EVP_aes_128_gcm(), NULL, key, iv);
+	do {
+		for (int i = 0; i < 256; i++) {
+			iv[0]++; /* a new nonce per record, as TLS does; the key schedule stays */
+			EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv);
+			EVP_EncryptUpdate(ctx, out, &n, in, sizeof(in));
+			EVP_EncryptFinal_ex(ctx, out + n, &n);
+			EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag);
+			bytes += sizeof(in);
+		}
+		t = self_cpu() - c0;
+	} while (t < 3.0);
+	EVP_CIPHER_CTX_free(ctx);
+	return (double)bytes / t;
+}
+
+/* --- upload --- */
+
+struct up_state {
+	bool ready, done;
+	int status;
+	double t0, t1;
+	const uint8_t *pattern; /* (1 MiB) */
+	struct fp_link *l;
+};
+
+static int produce(void *ud, uint64_t off, uint8_t *buf, size_t len)
+{
+	const uint8_t *pat = ud;
+
+	/* A fast producer: the mask is already computed (a repeating 1 MiB pattern here). */
+	while (len) {
+		size_t o = (size_t)(off & ((1u << 20) - 1)), n = (1u << 20) - o;
+
+		if (n > len)
+			n = len;
+		memcpy(buf, pat + o, n);
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static void up_ready(struct fp_link *l, const Fedprune__Welcome *w)
+{
+	struct up_state *s = fp_link_data(l);
+
+	(void)w;
+	s->ready = true;
+}
+
+static void up_done(struct fp_link *l, int status, const char *reason, const Fedprune__Receipt *rc,
+		    void *ud)
+{
+	struct up_state *s = ud;
+
+	(void)l;
+	(void)rc;
+	s->t1 = now_s();
+	s->done = true;
+	s->status = status;
+	if (status < 0)
+		fprintf(stderr, "upload failed: %s\n", reason);
+}
+
+static void link_stopped(struct fp_link *l, void *ud)
+{
+	(void)l;
+	*(bool *)ud = true;
+}
+
+struct up_result {
+	double secs;	   /* wall clock, upload call to Receipt */
+	double cpu_client; /* CPU seconds of the client process during the upload */
+	double cpu_server; /* CPU seconds of the server process, whole life */
+};
+
+static double upload_once(struct pki *p, uint64_t mib, bool precomputed, struct up_result *res)
+{
+	double c0;
+	uint64_t bits = mib * 8 * (1u << 20);
+	uint64_t shape[2] = { 32768, bits / 32768 };
+	uint8_t *pattern = malloc(1u << 20), digest[32];
+	struct fp_link_ops ops = { .on_ready = up_ready };
+	struct fp_link_cfg cfg = { 0 };
+	struct fp_tensor_src src = { 0 };
+	struct up_state s = { 0 };
+	uv_loop_t loop;
+	bool stopped = false;
+	int port, st;
+	pid_t pid;
+
+	randombytes_buf(pattern, 1u << 20);
+	if (precomputed) {
+		crypto_generichash_state h;
+
+		crypto_generichash_init(&h, NULL, 0, 32);
+		for (uint64_t i = 0; i < mib; i++)
+			crypto_generichash_update(&h, pattern, 1u << 20);
+		crypto_generichash_final(&h, digest, 32);
+		src.digest = digest;
+	}
+	pid = spawn_server(p, 16, &port);
+	uv_loop_init(&loop);
+	cfg.host = "127.0.0.1";
+	cfg.port = (uint16_t)port;
+	cfg.tls = ctx_for(p, false);
+	cfg.client_id = "bench-client";
+	cfg.conn.max_frame = 4u << 20;
+	cfg.conn.handshake_ms = 60000;
+	cfg.conn.idle_ms = 120000;
+	cfg.conn.msg_ms = 60000;
+	cfg.conn.wq_high = 1u << 20;
+	cfg.conn.wq_low = 256u << 10;
+	cfg.heartbeat_ms = 1000;
+	cfg.backoff_base_ms = 50;
+	cfg.backoff_cap_ms = 500;
+	cfg.data = &s;
+	if (fp_link_start(&loop, &cfg, &ops, &s.l) < 0)
+		die("link");
+	while (!s.ready)
+		uv_run(&loop, UV_RUN_ONCE);
+	src.name = "model.layers.0.mlp.up_proj.weight";
+	src.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS;
+	src.shape = shape;
+	src.ndim = 2;
+	src.total_bytes = mib << 20;
+	src.read = produce;
+	src.ud = pattern;
+	s.t0 = now_s();
+	c0 = self_cpu();
+	if (fp_link_upload(s.l, 1, &src, 1, NULL, up_done, &s) < 0)
+		die("upload");
+	while (!s.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	res->cpu_client = self_cpu() - c0;
+	fp_link_stop(s.l, link_stopped, &stopped);
+	while (!stopped)
+		uv_run(&loop, UV_RUN_ONCE);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&loop) != 0)
+		fprintf(stderr, "client loop did not close cleanly\n");
+	st = stop_server_cpu(pid, &res->cpu_server);
+	if (st != 0)
+		fprintf(stderr, "server exited with %d\n", st);
+	SSL_CTX_free(cfg.tls);
+	free(pattern);
+	if (s.status < 0)
+		exit(1);
+	res->secs = s.t1 - s.t0;
+	return (double)(mib << 20) / res->secs;
+}
+
+static void print_upload(const char *what, uint64_t mib, const struct up_result *r, double aes)
+{
+	double bytes = (double)(mib << 20), wall = bytes / r->secs;
+	double busiest = r->cpu_client > r->cpu_server ? r->cpu_client : r->cpu_server;
+	double cpu = bytes / busiest;
+
+	printf("%s\n  wall %.2f s: %.1f MB/s, ratio %.3f | CPU s: client %.2f, server %.2f -> "
+	       "%.1f MB/s per busiest core, ratio %.3f\n",
+	       what, r->secs, wall / 1e6, aes > 0 ? wall / aes : 0, r->cpu_client, r->cpu_server,
+	       cpu / 1e6, aes > 0 ? cpu / aes : 0);
+}
+
+static bool no_ref; /* --no-ref: skip the reference measurements (for profiling) */
+
+static void bench_upload(struct pki *p, uint64_t mib)
+{
+	double aes_cli, aes_evp, b2, load[3] = { 0 };
+	struct up_result r1, r2, r3;
+	uint8_t *buf = malloc(64u << 20), out[32];
+	double t0;
+
+	printf("== upload of a %llu MiB mask over mTLS 1.3 on loopback (client and server in "
+	       "separate processes)\n",
+	       (unsigned long long)mib);
+	memset(buf, 7, 64u << 20);
+	aes_cli = no_ref ? 0 : openssl_speed();
+	aes_evp = no_ref ? 0 : evp_speed();
+	t0 = self_cpu();
+	crypto_generichash(out, 32, buf, 64u << 20, NULL, 0);
+	b2 = (double)(64u << 20) / (self_cpu() - t0);
+	free(buf);
+	upload_once(p, mib, false, &r1);
+	upload_once(p, mib, true, &r2);
+	transport_only = true;
+	upload_once(p, mib, true, &r3);
+	transport_only = false;
+	getloadavg(load, 3);
+	printf("openssl speed -evp aes-128-gcm -seconds 3 (16 KiB): %8.1f MB/s\n", aes_cli / 1e6);
+	printf("EVP AES-128-GCM in this process (16 KiB, 3 CPU-s):  %8.1f MB/s\n", aes_evp / 1e6);
+	printf("BLAKE2b-256 (libsodium, 64 MiB, CPU time):          %8.1f MB/s\n", b2 / 1e6);
+	printf("load average during the run: %.2f (cores: %ld)\n", load[0],
+	       sysconf(_SC_NPROCESSORS_ONLN));
+	print_upload("upload, sender and server both hash (BLAKE2b-256):", mib, &r1, aes_cli);
+	print_upload("upload, producer supplies the digest (only the server hashes):", mib, &r2,
+		     aes_cli);
+	print_upload("transport only (same frames; the server counts chunks, no digest work):", mib,
+		     &r3, aes_cli);
+}
+
+/* --- many clients --- */
+
+struct many {
+	int ready;
+	int n;
+	double t_all;
+};
+
+static void many_ready(struct fp_link *l, const Fedprune__Welcome *w)
+{
+	struct many *m = fp_link_data(l);
+
+	(void)w;
+	if (++m->ready == m->n)
+		m->t_all = now_s();
+}
+
+static void bench_clients(struct pki *p, int n)
+{
+	struct fp_link **links = calloc((size_t)n, sizeof(*links));
+	SSL_CTX **ctxs = calloc((size_t)n, sizeof(*ctxs));
+	struct fp_link_ops ops = { .on_ready = many_ready };
+	struct fp_link_cfg cfg = { 0 };
+	struct many m = { .n = n };
+	double c0, s0, cpu_c, cpu_s;
+	uint64_t heap0, heap1;
+	long rss0, rss1, rss_warm;
+	uint64_t echoes0 = 0, echoes1 = 0;
+	int port;
+	double t0, t_wait;
+	uv_loop_t loop;
+	pid_t pid;
+
+	printf("\n== %d concurrent mTLS clients on one loop, server in another process\n", n);
+	raise_nofile();
+	pid = spawn_server(p, (uint32_t)n + 16, &port);
+	uv_loop_init(&loop);
+	for (int i = 0; i < n; i++)
+		ctxs[i] = client_ctx_n(p, i);
+	cfg.host = "127.0.0.1";
+	cfg.port = (uint16_t)port;
+	cfg.conn.max_frame = 4u << 20;
+	cfg.conn.handshake_ms = 120000;
+	cfg.conn.idle_ms = 120000;
+	cfg.conn.msg_ms = 60000;
+	cfg.conn.wq_high = 1u << 20;
+	cfg.conn.wq_low = 256u << 10;
+	cfg.heartbeat_ms = 1000;
+	cfg.backoff_base_ms = 100;
+	cfg.backoff_cap_ms = 1000;
+	cfg.data = &m;
+	/* Warm the server (first handshake initialises OpenSSL's tables), then measure. */
+	m.n = 1;
+	cfg.tls = ctxs[0];
+	if (fp_link_start(&loop, &cfg, &ops, &links[0]) < 0)
+		die("link");
+	while (m.ready < 1)
+		uv_run(&loop, UV_RUN_ONCE);
+	usleep(200000);
+	rss_warm = vmrss_kib(pid);
+	heap0 = server_heap(pid);
+	m.n = n;
+	t0 = now_s();
+	c0 = self_cpu();
+	s0 = proc_cpu(pid);
+	for (int i = 1; i < n; i++) {
+		cfg.tls = ctxs[i];
+		if (fp_link_start(&loop, &cfg, &ops, &links[i]) < 0)
+			die("link");
+	}
+	rss0 = rss_warm;
+	while (m.ready < n)
+		uv_run(&loop, UV_RUN_ONCE);
+	cpu_c = self_cpu() - c0;
+	cpu_s = proc_cpu(pid) - s0;
+	/* Every client heartbeats: wait three intervals and count the answers. */
+	for (int i = 0; i < n; i++)
+		echoes0 += fp_link_stats(links[i])->echoes;
+	t_wait = now_s();
+	while (now_s() - t_wait < 3.2)
+		uv_run(&loop, UV_RUN_ONCE);
+	for (int i = 0; i < n; i++)
+		echoes1 += fp_link_stats(links[i])->echoes;
+	rss1 = vmrss_kib(pid);
+	heap1 = server_heap(pid);
+
+	printf("all %d connected after %.2f s: %.0f handshakes/s wall (TCP + TLS 1.3 mutual + "
+	       "Hello/Welcome)\n",
+	       n, m.t_all - t0, (double)(n - 1) / (m.t_all - t0));
+	printf("CPU s for the %d handshakes: server %.2f (%.0f handshakes per server CPU-second), "
+	       "clients %.2f\n",
+	       n - 1, cpu_s, (double)(n - 1) / cpu_s, cpu_c);
+	printf("heartbeats answered in 3.2 s: %llu (%.2f per client; interval 1 s)\n",
+	       (unsigned long long)(echoes1 - echoes0), (double)(echoes1 - echoes0) / n);
+	printf("server VmRSS: %ld KiB with 1 client, %ld KiB with %d: %.1f KiB per idle "
+	       "connection\n",
+	       rss0, rss1, n, (double)(rss1 - rss0) / (n - 1));
+	printf("server heap in use (malloc): %.1f KiB per idle connection\n",
+	       (double)(heap1 - heap0) / 1024.0 / (n - 1));
+	for (int i = 0; i < n; i++)
+		fp_link_stop(links[i], NULL, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&loop) != 0)
+		fprintf(stderr, "client loop did not close cleanly\n");
+	printf("server exit status after SIGTERM: %d\n", stop_server(pid));
+	for (int i = 0; i < n; i++)
+		SSL_CTX_free(ctxs[i]);
+	free(ctxs);
+	free(links);
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = "all";
+	uint64_t mib = 256;
+	int clients = 1000;
+	struct pki p;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--mib") == 0 && i + 1 < argc)
+			mib = strtoull(argv[++i], NULL, 10);
+		else if (strcmp(argv[i], "--no-ref") == 0)
+			no_ref = true;
+		else if (strcmp(argv[i], "--clients") == 0 && i + 1 < argc)
+			clients = (int)strtol(argv[++i], NULL, 10);
+		else
+			what = argv[i];
+	}
+	if (mib < 1 || mib > 4096 || clients < 2 || clients > 20000) {
+		fprintf(stderr, "usage: bench_net [upload|clients|all] [--mib 1..4096] "
+				"[--clients 2..20000] [--no-ref]\n");
+		return 2;
+	}
+	if (sodium_init() < 0)
+		return 1;
+	signal(SIGPIPE, SIG_IGN);
+	fp_log_set_level(getenv("FP_BENCH_LOG") ? FP_LOG_DEBUG : FP_LOG_ERROR);
+	pki_make(&p);
+	if (strcmp(what, "upload") == 0 || strcmp(what, "all") == 0)
+		bench_upload(&p, mib);
+	if (strcmp(what, "clients") == 0 || strcmp(what, "all") == 0)
+		bench_clients(&p, clients);
+	pki_remove(&p);
+	return 0;
+}
