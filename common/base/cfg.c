@@ -6,18 +6,17 @@
 #include "cfg.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
 
 #include "alloc.h"
 #include "err.h"
+#include "fileio.h"
 #include "parse.h"
 
 static size_t count_keys(const struct fp_cfg_key *keys)
@@ -352,48 +351,13 @@ out:
 
 int fp_cfg_load_file(const struct fp_cfg_key *keys, void *obj, const char *path)
 {
-	struct stat st;
-	char *text = NULL;
-	size_t got = 0;
-	int fd, r;
+	char *text = NULL; /* stays NULL if the read fails */
+	size_t len = 0;
+	int r = fp_read_file(path, FP_CFG_MAX_BYTES, &text, &len);
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fp_err_detail(-errno, "%s: cannot open: %s", path, fp_strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		r = fp_err_detail(-errno, "%s: cannot stat: %s", path, fp_strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = fp_err_detail(-EINVAL, "%s: not a regular file", path);
-		goto out;
-	}
-	if (st.st_size > FP_CFG_MAX_BYTES) {
-		r = fp_err_detail(-EFBIG, "%s: larger than %u bytes", path, FP_CFG_MAX_BYTES);
-		goto out;
-	}
-	text = malloc((size_t)st.st_size + 1);
-	if (!text) {
-		r = -ENOMEM;
-		goto out;
-	}
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, text + got, (size_t)st.st_size - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = fp_err_detail(-errno, "%s: read failed: %s", path, fp_strerror(errno));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	r = fp_cfg_load_buf(keys, obj, path, text, got);
-out:
+	if (r == 0)
+		r = fp_cfg_load_buf(keys, obj, path, text, len);
 	free(text);
-	close(fd);
 	return r;
 }
 

@@ -9,12 +9,10 @@
 #include "data.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cJSON.h>
@@ -22,6 +20,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "fileio.h"
 
 #define SUPPORTED "(supported: .jsonl, .u16, .u32, .txt)"
 
@@ -672,7 +671,6 @@ int fp_data_load_mem(const void *buf, size_t len, const char *name, const char *
 int fp_data_load(const char *path, const struct fp_data_opts *opts, struct fp_dataset **ret)
 {
 	void *map = MAP_FAILED;
-	struct stat st;
 	enum fmt f;
 	size_t size = 0;
 	int fd = -1;
@@ -687,26 +685,10 @@ int fp_data_load(const char *path, const struct fp_data_opts *opts, struct fp_da
 	r = parse_ext(path, path_ext(path), &f);
 	if (r < 0)
 		return r;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		r = -errno;
-		return fp_err_detail(r, "%s: cannot open: %s", path, fp_strerror(r));
-	}
-	if (fstat(fd, &st) < 0) {
-		r = -errno;
-		r = fp_err_detail(r, "%s: cannot stat: %s", path, fp_strerror(r));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = fp_err_detail(-EINVAL, "%s: not a regular file", path);
-		goto out;
-	}
-	if ((uint64_t)st.st_size > FP_DATA_MAX_FILE || (uint64_t)st.st_size > SIZE_MAX) {
-		r = fp_err_detail(-EFBIG, "%s: %llu bytes, larger than the 16 GiB limit", path,
-				  (unsigned long long)st.st_size);
-		goto out;
-	}
-	size = (size_t)st.st_size;
+	r = fp_open_regular(path, FP_DATA_MAX_FILE < SIZE_MAX ? (size_t)FP_DATA_MAX_FILE : SIZE_MAX,
+			    &fd, &size);
+	if (r < 0)
+		return r;
 	if (size) {
 		map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
 		if (map == MAP_FAILED) {

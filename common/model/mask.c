@@ -10,12 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "alloc.h"
 #include "err.h"
+#include "fileio.h"
 
 static const uint8_t mask_magic[8] = { 0x89, 'F', 'P', 'M', 'A', 'S', 'K', '\n' };
 
@@ -252,39 +252,20 @@ static int check_unique(const struct fp_mask_info *info, size_t n, const char *l
 /* ---- writer ---- */
 
 struct fp_mask_writer {
-	char *path;
-	char *tmp; /* path.tmp.XXXXXX while open */
-	int fd;
+	struct fp_atomic_file af; /* af.path is the destination, af.tmp the file being written */
 	size_t n, next;
 	struct fp_mask_info *decls; /* (n), names owned */
 	crypto_generichash_state file_hash;
 	int err;
 };
 
-static int write_all(int fd, const void *p, size_t n)
-{
-	const uint8_t *c = p;
-
-	while (n) {
-		ssize_t k = write(fd, c, n);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		c += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
 /* Write and hash into the file digest. */
 static int writer_put(struct fp_mask_writer *w, const void *p, size_t n)
 {
-	int r = write_all(w->fd, p, n);
+	int r = fp_atomic_write(&w->af, p, n);
 
 	if (r < 0)
-		return w->err = fp_err_detail(r, "%s: write: %s", w->tmp, strerror(-r));
+		return w->err = r;
 	crypto_generichash_update(&w->file_hash, p, n);
 	return 0;
 }
@@ -357,35 +338,6 @@ static uint8_t *writer_header(const struct fp_mask_info *decls, size_t n, size_t
 	return h;
 }
 
-/* Create path.tmp.XXXXXX exclusively, mode 0666 & ~umask. */
-static int create_tmp(struct fp_mask_writer *w)
-{
-	static const char chars[] =
-		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-
-	if (asprintf(&w->tmp, "%s.tmp.XXXXXX", w->path) < 0) {
-		w->tmp = NULL;
-		return fp_err_detail(-ENOMEM, "%s: out of memory", w->path);
-	}
-	for (int attempt = 0; attempt < 100; attempt++) {
-		uint8_t rnd[6];
-		char *x = w->tmp + strlen(w->tmp) - 6;
-
-		if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-			return fp_err_detail(-EIO, "%s: getrandom failed", w->path);
-		for (int i = 0; i < 6; i++)
-			x[i] = chars[rnd[i] % (sizeof(chars) - 1)];
-		w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-		if (w->fd >= 0)
-			return 0;
-		if (errno != EEXIST)
-			return fp_err_detail(-errno, "%s: %s", w->tmp, strerror(errno));
-	}
-	free(w->tmp);
-	w->tmp = NULL;
-	return fp_err_detail(-EEXIST, "%s: no free temporary name", w->path);
-}
-
 /* Copy decls with their names and sizes. */
 static int writer_copy_decls(struct fp_mask_writer *w, const struct fp_mask_info *decls)
 {
@@ -418,17 +370,15 @@ int fp_mask_writer_open(const char *path, const struct fp_mask_info *decls, size
 	w = calloc(1, sizeof(*w));
 	if (!w)
 		return fp_err_detail(-ENOMEM, "%s: out of memory", path);
-	w->fd = -1;
 	w->n = n;
-	w->path = strdup(path);
-	r = w->path ? writer_copy_decls(w, decls) : -ENOMEM;
+	r = writer_copy_decls(w, decls);
 	if (r == 0 && !(hdr = writer_header(w->decls, n, len)))
 		r = -ENOMEM;
 	if (r < 0) {
 		r = fp_err_detail(-ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
-	r = create_tmp(w);
+	r = fp_atomic_open(&w->af, path, 0666);
 	if (r < 0)
 		goto out;
 	crypto_generichash_init(&w->file_hash, NULL, 0, FP_MASK_DIGEST);
@@ -454,15 +404,15 @@ int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nby
 	if (w->next >= w->n)
 		return w->err = fp_err_detail(-EINVAL,
 					      "%s: all %zu declared tensors already written",
-					      w->path, w->n);
+					      w->af.path, w->n);
 	t = &w->decls[w->next];
 	if (nbytes != t->nbytes)
 		return w->err = fp_err_detail(-EINVAL,
 					      "%s: tensor '%s': %zu bytes, expected %" PRIu64,
-					      w->path, t->name, nbytes, t->nbytes);
+					      w->af.path, t->name, nbytes, t->nbytes);
 	if (!padding_clear(bits, t->nbits))
-		return w->err = fp_err_detail(-EINVAL, "%s: tensor '%s': padding bits set", w->path,
-					      t->name);
+		return w->err = fp_err_detail(-EINVAL, "%s: tensor '%s': padding bits set",
+					      w->af.path, t->name);
 	digest(d, bits, nbytes);
 	r = writer_put(w, bits, nbytes);
 	if (r == 0)
@@ -472,31 +422,11 @@ int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nby
 	return r;
 }
 
-/* fsync the directory holding path so the rename is durable. */
-static int fsync_parent(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-	int fd, r = 0;
-
-	if (!dir)
-		return fp_err_detail(-ENOMEM, "%s: out of memory", path);
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) < 0)
-		r = fp_err_detail(-errno, "%s: fsync: %s", dir, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return r;
-}
-
 static void writer_free(struct fp_mask_writer *w)
 {
 	for (size_t i = 0; w->decls && i < w->n; i++)
 		free((char *)w->decls[i].name);
 	free(w->decls);
-	free(w->tmp);
-	free(w->path);
 	free(w);
 }
 
@@ -506,29 +436,17 @@ int fp_mask_writer_close(struct fp_mask_writer *w)
 	int r = w->err;
 
 	if (r == 0 && w->next != w->n)
-		r = fp_err_detail(-EINVAL, "%s: %zu of %zu declared tensors written", w->path,
+		r = fp_err_detail(-EINVAL, "%s: %zu of %zu declared tensors written", w->af.path,
 				  w->next, w->n);
 	if (r == 0) {
 		crypto_generichash_final(&w->file_hash, d, sizeof(d));
-		r = write_all(w->fd, d, sizeof(d));
-		if (r < 0)
-			r = fp_err_detail(r, "%s: write: %s", w->tmp, strerror(-r));
+		r = fp_atomic_write(&w->af, d, sizeof(d));
 	}
-	if (r == 0 && fsync(w->fd) < 0)
-		r = fp_err_detail(-errno, "%s: fsync: %s", w->tmp, strerror(errno));
-	if (r == 0) {
-		r = close(w->fd) < 0
-			    ? fp_err_detail(-errno, "%s: close: %s", w->tmp, strerror(errno))
-			    : 0;
-		w->fd = -1;
-	}
-	if (r == 0 && rename(w->tmp, w->path) < 0)
-		r = fp_err_detail(-errno, "%s: rename to %s: %s", w->tmp, w->path, strerror(errno));
 	if (r < 0) {
 		fp_mask_writer_abort(w);
 		return r;
 	}
-	r = fsync_parent(w->path);
+	r = fp_atomic_commit(&w->af);
 	writer_free(w);
 	return r;
 }
@@ -537,10 +455,7 @@ void fp_mask_writer_abort(struct fp_mask_writer *w)
 {
 	if (!w)
 		return;
-	if (w->fd >= 0)
-		close(w->fd);
-	if (w->tmp)
-		unlink(w->tmp);
+	fp_atomic_abort(&w->af);
 	writer_free(w);
 }
 

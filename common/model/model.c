@@ -4,13 +4,11 @@
 #include "model.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cJSON.h>
@@ -18,6 +16,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "err.h"
+#include "fileio.h"
 
 #define DEFAULT_SCRATCH_LIMIT ((size_t)1 << 30)
 
@@ -478,61 +477,14 @@ int fp_model_cfg_parse(const char *json, size_t len, const char *name, struct fp
 	return 0;
 }
 
-static int read_small_file(const char *path, size_t max, char **ret, size_t *ret_len)
-{
-	struct stat st;
-	char *buf = NULL;
-	size_t got = 0;
-	int fd, r = 0;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		r = fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-		r = fp_err_detail(-EINVAL, "%s: not a regular file of at most %zu bytes", path,
-				  max);
-		goto out;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		r = -ENOMEM;
-		goto out;
-	}
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			r = fp_err_detail(n < 0 ? -errno : -EIO, "%s: read failed", path);
-			goto out;
-		}
-		got += (size_t)n;
-	}
-	buf[got] = '\0';
-	*ret = buf;
-	*ret_len = got;
-	buf = NULL;
-out:
-	free(buf);
-	close(fd);
-	return r;
-}
-
 int fp_model_cfg_load(const char *path, struct fp_model_cfg *ret)
 {
-	char *buf = NULL;
+	char *buf = NULL; /* stays NULL if the read fails */
 	size_t len = 0;
-	int r;
+	int r = fp_read_file(path, FP_MAX_CONFIG_BYTES, &buf, &len);
 
-	r = read_small_file(path, FP_MAX_CONFIG_BYTES, &buf, &len);
-	if (r < 0)
-		return r;
-	r = fp_model_cfg_parse(buf, len, path, ret);
+	if (r == 0)
+		r = fp_model_cfg_parse(buf, len, path, ret);
 	free(buf);
 	return r;
 }

@@ -10,7 +10,6 @@
 #include "safetensors.h"
 
 #include <cJSON.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -18,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +28,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "err.h"
+#include "fileio.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader assumes a little-endian host"
@@ -584,32 +583,19 @@ int fp_st_open_mem(const void *buf, size_t len, const char *name, struct fp_st_f
 int fp_st_open(const char *path, struct fp_st_file **ret)
 {
 	struct fp_st_file *f = NULL;
-	struct stat st;
+	size_t size = 0;
 	void *map;
 	int fd, r;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		r = fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = fp_err_detail(-EINVAL, "%s: not a regular file", path);
-		goto out;
-	}
-	if ((uint64_t)st.st_size > SIZE_MAX) {
-		r = fp_err_detail(-EFBIG, "%s: too large to map", path);
-		goto out;
-	}
-	r = -ENOMEM;
+	r = fp_open_regular(path, SIZE_MAX, &fd, &size);
+	if (r < 0)
+		return r;
 	f = calloc(1, sizeof(*f));
 	if (!f || !(f->path = strdup(path))) {
 		r = oom(path);
 		goto out;
 	}
-	f->len = (size_t)st.st_size;
+	f->len = size;
 	if (f->len >= 8) { /* shorter files fail in parse_image; mmap refuses length 0 */
 		map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
 		if (map == MAP_FAILED) {
@@ -904,49 +890,6 @@ out:
 	return 0;
 }
 
-/* Read a whole small file (at most max bytes) into a NUL-terminated buffer; caller frees. */
-static int read_small(const char *path, size_t max, char **ret, size_t *ret_len)
-{
-	struct stat st;
-	char *buf = NULL;
-	size_t got = 0;
-	int fd, r = 0;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-		r = fp_err_detail(-EBADMSG, "%s: not a regular file of at most %zu bytes", path,
-				  max);
-		goto out;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		r = oom(path);
-		goto out;
-	}
-	while (got < (size_t)st.st_size) {
-		ssize_t k = read(fd, buf + got, (size_t)st.st_size - got);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			r = fp_err_detail(k < 0 ? -errno : -EIO, "%s: read: %s", path,
-					  k < 0 ? strerror(errno) : "file shrank");
-			goto out;
-		}
-		got += (size_t)k;
-	}
-	buf[got] = '\0';
-	*ret = buf;
-	*ret_len = got;
-	buf = NULL;
-out:
-	free(buf);
-	close(fd);
-	return r;
-}
-
 struct map_ent {
 	const char *tensor, *shard; /* borrowed from the index's cJSON tree */
 };
@@ -1103,7 +1046,7 @@ static int model_open_index(struct fp_st_model *m, const char *dir, const char *
 	size_t len = 0, n = 0;
 	int r;
 
-	r = read_small(ipath, ST_MAX_INDEX, &text, &len);
+	r = fp_read_file(ipath, ST_MAX_INDEX, &text, &len);
 	if (r < 0)
 		goto out;
 	if (memchr(text, 0, len)) {
@@ -1232,9 +1175,7 @@ const struct fp_st_file *fp_st_model_shard(const struct fp_st_model *m, size_t i
 #define WR_BUF (64u << 10)
 
 struct fp_st_writer {
-	char *path, *tmp;
-	int fd;
-	bool created; /* tmp exists and is ours to unlink */
+	struct fp_atomic_file af; /* af.path is the destination, af.tmp the file being written */
 	uint64_t total, written;
 	int err; /* first failure; sticky */
 	size_t nbuf;
@@ -1404,52 +1345,6 @@ static int writer_header(const char *path, const struct fp_st_decl *d, size_t n,
 	return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-	const uint8_t *c = p;
-
-	while (n) {
-		ssize_t k = write(fd, c, n);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		c += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-/* Create path.tmp.XXXXXX with O_EXCL and mode 0666 & ~umask (mkstemp would force 0600). */
-static int create_tmp(struct fp_st_writer *w)
-{
-	static const char chars[] =
-		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-
-	if (asprintf(&w->tmp, "%s.tmp.XXXXXX", w->path) < 0) {
-		w->tmp = NULL;
-		return oom(w->path);
-	}
-	for (int attempt = 0; attempt < 100; attempt++) {
-		uint8_t rnd[6];
-		char *x = w->tmp + strlen(w->tmp) - 6;
-
-		if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-			return fp_err_detail(-EIO, "%s: getrandom failed", w->path);
-		for (int i = 0; i < 6; i++)
-			x[i] = chars[rnd[i] % (sizeof(chars) - 1)];
-		w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-		if (w->fd >= 0) {
-			w->created = true;
-			return 0;
-		}
-		if (errno != EEXIST)
-			return fp_err_detail(-errno, "%s: %s", w->tmp, strerror(errno));
-	}
-	return fp_err_detail(-EEXIST, "%s: no free temporary name", w->path);
-}
-
 int fp_st_writer_open(const char *path, const struct fp_st_decl *decls, size_t n,
 		      const char *const *metadata, struct fp_st_writer **ret)
 {
@@ -1462,23 +1357,18 @@ int fp_st_writer_open(const char *path, const struct fp_st_decl *decls, size_t n
 	if (r < 0)
 		return r;
 	w = calloc(1, sizeof(*w));
-	if (!w || !(w->path = strdup(path))) {
-		free(w);
+	if (!w)
 		return oom(path);
-	}
-	w->fd = -1;
 	r = writer_header(path, decls, n, metadata, &hdr, &w->total);
 	if (r == 0)
-		r = create_tmp(w);
+		r = fp_atomic_open(&w->af, path, 0666);
 	if (r < 0)
 		goto out;
 	for (int i = 0; i < 8; i++)
 		len8[i] = (uint8_t)((uint64_t)hdr.len >> (8 * i));
-	r = write_all(w->fd, len8, sizeof(len8));
+	r = fp_atomic_write(&w->af, len8, sizeof(len8));
 	if (r == 0)
-		r = write_all(w->fd, hdr.s, hdr.len);
-	if (r < 0)
-		r = fp_err_detail(r, "%s: write: %s", w->tmp, strerror(-r));
+		r = fp_atomic_write(&w->af, hdr.s, hdr.len);
 out:
 	free(hdr.s);
 	if (r < 0) {
@@ -1491,11 +1381,11 @@ out:
 
 static int writer_flush(struct fp_st_writer *w)
 {
-	int r = write_all(w->fd, w->buf, w->nbuf);
+	int r = fp_atomic_write(&w->af, w->buf, w->nbuf);
 
 	w->nbuf = 0;
 	if (r < 0)
-		w->err = fp_err_detail(r, "%s: write: %s", w->tmp, strerror(-r));
+		w->err = r;
 	return r;
 }
 
@@ -1507,14 +1397,14 @@ int fp_st_writer_write(struct fp_st_writer *w, const void *data, size_t len)
 		return w->err = fp_err_detail(-EINVAL,
 					      "%s: %zu more bytes than the %" PRIu64
 					      " declared (at %" PRIu64 ")",
-					      w->path, len - (size_t)(w->total - w->written),
+					      w->af.path, len - (size_t)(w->total - w->written),
 					      w->total, w->written);
 	w->written += len;
 	if (len >= WR_BUF) {
 		int r = writer_flush(w);
 
-		if (r == 0 && (r = write_all(w->fd, data, len)) < 0)
-			w->err = fp_err_detail(r, "%s: write: %s", w->tmp, strerror(-r));
+		if (r == 0 && (r = fp_atomic_write(&w->af, data, len)) < 0)
+			w->err = r;
 		return r;
 	}
 	if (len == 0)
@@ -1526,50 +1416,20 @@ int fp_st_writer_write(struct fp_st_writer *w, const void *data, size_t len)
 	return 0;
 }
 
-/* fsync the directory holding path so the rename is durable. */
-static int fsync_parent(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-	int fd, r = 0;
-
-	if (!dir)
-		return oom(path);
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) < 0)
-		r = fp_err_detail(-errno, "%s: fsync: %s", dir, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return r;
-}
-
 int fp_st_writer_close(struct fp_st_writer *w)
 {
 	int r = w->err;
 
 	if (r == 0 && w->written != w->total)
 		r = fp_err_detail(-EINVAL, "%s: %" PRIu64 " of %" PRIu64 " data bytes written",
-				  w->path, w->written, w->total);
+				  w->af.path, w->written, w->total);
 	if (r == 0)
 		r = writer_flush(w);
-	if (r == 0 && fsync(w->fd) < 0)
-		r = fp_err_detail(-errno, "%s: fsync: %s", w->tmp, strerror(errno));
-	if (r == 0) {
-		r = close(w->fd) < 0
-			    ? fp_err_detail(-errno, "%s: close: %s", w->tmp, strerror(errno))
-			    : 0;
-		w->fd = -1;
-	}
-	if (r == 0 && rename(w->tmp, w->path) < 0)
-		r = fp_err_detail(-errno, "%s: rename to %s: %s", w->tmp, w->path, strerror(errno));
 	if (r < 0) {
 		fp_st_writer_abort(w);
 		return r;
 	}
-	r = fsync_parent(w->path);
-	free(w->tmp);
-	free(w->path);
+	r = fp_atomic_commit(&w->af);
 	free(w);
 	return r;
 }
@@ -1578,11 +1438,6 @@ void fp_st_writer_abort(struct fp_st_writer *w)
 {
 	if (!w)
 		return;
-	if (w->fd >= 0)
-		close(w->fd);
-	if (w->created)
-		unlink(w->tmp);
-	free(w->tmp);
-	free(w->path);
+	fp_atomic_abort(&w->af);
 	free(w);
 }
