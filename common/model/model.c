@@ -805,6 +805,12 @@ int fp_block_load(struct fp_model *m, uint32_t i, struct fp_block **ret)
 		r = fp_st_to_f32(lt->w[w], blk->w[w]);
 		if (r < 0)
 			goto out;
+		/*
+		 * The f32 copy is all the block needs: drop the mapped pages now rather than
+		 * after the forward pass, so a block is never resident twice (the page cache
+		 * still holds them if they are read again).
+		 */
+		fp_st_release(lt->w[w]);
 	}
 	for (int w = 0; w < FP_LIN_COUNT; w++) {
 		bool stacked = (w <= FP_LIN_V && blk->qkv_bias) ||
