@@ -9,9 +9,18 @@
 #include "tool.h"
 
 static const struct fp_tool_cmd cmds[] = {
+	{ "prune", "prune a model with magnitude, Wanda or SparseGPT (the centralized baseline)",
+	  fp_cmd_prune },
+	{ "apply", "zero the weights a mask file prunes and write a model directory",
+	  fp_cmd_apply },
+	{ "compare", "per-tensor Jaccard index and Hamming distance of two mask files",
+	  fp_cmd_compare },
 	{ "inspect", "list the tensors of a model directory with dtype, shape and sparsity",
 	  fp_cmd_inspect },
 	{ "eval", "perplexity of a model on a token or text file", fp_cmd_eval },
+	{ "aggregate",
+	  "vote client masks into one global mask and pruned model (FedPrLLM, offline)",
+	  fp_cmd_aggregate },
 };
 
 static void usage(void)

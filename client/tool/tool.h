@@ -17,5 +17,9 @@ struct fp_tool_cmd {
 /* Subcommands; each defined in its cmd_<name>.c. */
 int fp_cmd_inspect(int argc, char **argv);
 int fp_cmd_eval(int argc, char **argv);
+int fp_cmd_prune(int argc, char **argv);
+int fp_cmd_apply(int argc, char **argv);
+int fp_cmd_compare(int argc, char **argv);
+int fp_cmd_aggregate(int argc, char **argv);
 
 #endif

@@ -645,7 +645,8 @@ out:
 int fp_data_load_mem(const void *buf, size_t len, const char *name, const char *ext,
 		     const struct fp_data_opts *opts, struct fp_dataset **ret)
 {
-	enum fmt f = FMT_JSONL; /* set by parse_ext; initialised for gcc -O3 -Wmaybe-uninitialized */
+	enum fmt f =
+		FMT_JSONL; /* set by parse_ext; initialised for gcc -O3 -Wmaybe-uninitialized */
 	int r;
 
 	if (!name)
@@ -671,7 +672,8 @@ int fp_data_load_mem(const void *buf, size_t len, const char *name, const char *
 int fp_data_load(const char *path, const struct fp_data_opts *opts, struct fp_dataset **ret)
 {
 	void *map = MAP_FAILED;
-	enum fmt f = FMT_JSONL; /* set by parse_ext; initialised for gcc -O3 -Wmaybe-uninitialized */
+	enum fmt f =
+		FMT_JSONL; /* set by parse_ext; initialised for gcc -O3 -Wmaybe-uninitialized */
 	size_t size = 0;
 	int fd = -1;
 	int r;
