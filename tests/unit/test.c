@@ -10,6 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "data.h"
+#include "safetensors.h"
+
 char *fp_test_mkdtemp(void)
 {
 	const char *base = getenv("TMPDIR");
@@ -82,4 +85,39 @@ double fp_test_nmse(const float *a, const float *b, size_t n)
 	if (den == 0)
 		return num == 0 ? 0 : 1e300;
 	return num / den;
+}
+
+void fp_test_golden_dataset(const struct fp_st_file *g, struct fp_dataset *ds)
+{
+	const struct fp_st_tensor *tok = fp_st_find(g, "tokens");
+	size_t ns, sl;
+
+	assert_non_null(tok);
+	assert_int_equal(tok->dtype, FP_DT_I32);
+	assert_int_equal(tok->ndim, 2);
+	ns = tok->shape[0];
+	sl = tok->shape[1];
+	memset(ds, 0, sizeof(*ds));
+	ds->nsamples = ns;
+	ds->seqlen = (uint32_t)sl;
+	ds->ntokens = ns * sl;
+	ds->len = calloc(ns, sizeof(uint32_t));
+	ds->off = calloc(ns, sizeof(size_t));
+	ds->ids = calloc(ns * sl, sizeof(int32_t));
+	assert_true(ds->len && ds->off && ds->ids);
+	memcpy(ds->ids, tok->data, ns * sl * sizeof(int32_t));
+	for (size_t i = 0; i < ns; i++) {
+		ds->len[i] = (uint32_t)sl;
+		ds->off[i] = i * sl;
+	}
+}
+
+void fp_test_dataset_clear(struct fp_dataset *ds)
+{
+	free(ds->len);
+	free(ds->off);
+	free(ds->ids);
+	ds->len = NULL;
+	ds->off = NULL;
+	ds->ids = NULL;
 }

@@ -26,6 +26,19 @@ char *fp_test_data_path(const char *rel);
 /* Deterministic xorshift64* generator for test inputs. */
 uint64_t fp_test_rand(uint64_t *state);
 
+struct fp_st_file;
+struct fp_dataset;
+
+/*
+ * Fill ds (caller-owned struct) with the (nsamples, seqlen) I32 "tokens" tensor of a golden
+ * fixture file, one sample per row. Fails the test if the tensor is missing or not 2-D I32.
+ * Release with fp_test_dataset_clear.
+ */
+void fp_test_golden_dataset(const struct fp_st_file *g, struct fp_dataset *ds);
+
+/* Free the arrays fp_test_golden_dataset allocated. */
+void fp_test_dataset_clear(struct fp_dataset *ds);
+
 /* Normalised mean squared error: sum (a-b)^2 / sum b^2 (0 when both are zero). */
 double fp_test_nmse(const float *a, const float *b, size_t n);
 

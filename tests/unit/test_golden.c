@@ -63,7 +63,6 @@ static void check_nmse(const char *what, const float *got, const float *want, si
 static void golden_open(struct golden *gd, const char *name)
 {
 	char *path = NULL, *rel = NULL;
-	const struct fp_st_tensor *tok;
 
 	memset(gd, 0, sizeof(*gd));
 	assert_true(asprintf(&rel, "golden/%s", name) > 0);
@@ -75,31 +74,14 @@ static void golden_open(struct golden *gd, const char *name)
 	if (fp_st_open(path, &gd->g) < 0)
 		fail_msg("open %s: %s", path, fp_err_last());
 	free(path);
-	tok = fp_st_find(gd->g, "tokens");
-	assert_non_null(tok);
-	assert_int_equal(tok->dtype, FP_DT_I32);
-	assert_int_equal(tok->ndim, 2);
-	gd->nsamples = tok->shape[0];
-	gd->seqlen = tok->shape[1];
-	gd->ds.nsamples = gd->nsamples;
-	gd->ds.seqlen = (uint32_t)gd->seqlen;
-	gd->ds.ntokens = gd->nsamples * gd->seqlen;
-	gd->ds.len = calloc(gd->nsamples, sizeof(uint32_t));
-	gd->ds.off = calloc(gd->nsamples, sizeof(size_t));
-	gd->ds.ids = calloc(gd->ds.ntokens, sizeof(int32_t));
-	assert_true(gd->ds.len && gd->ds.off && gd->ds.ids);
-	memcpy(gd->ds.ids, tok->data, gd->ds.ntokens * sizeof(int32_t));
-	for (size_t i = 0; i < gd->nsamples; i++) {
-		gd->ds.len[i] = (uint32_t)gd->seqlen;
-		gd->ds.off[i] = i * gd->seqlen;
-	}
+	fp_test_golden_dataset(gd->g, &gd->ds);
+	gd->nsamples = gd->ds.nsamples;
+	gd->seqlen = gd->ds.seqlen;
 }
 
 static void golden_close(struct golden *gd)
 {
-	free(gd->ds.len);
-	free(gd->ds.off);
-	free(gd->ds.ids);
+	fp_test_dataset_clear(&gd->ds);
 	fp_st_close(gd->g);
 	fp_model_close(gd->m);
 	free(gd->dir);

@@ -34,8 +34,6 @@ struct ref {
 static void ref_open(struct ref *r, const char *name)
 {
 	char *rel = NULL, *path = NULL;
-	const struct fp_st_tensor *tok;
-	size_t ns, sl;
 
 	memset(r, 0, sizeof(*r));
 	assert_true(asprintf(&rel, "golden/%s", name) > 0);
@@ -50,30 +48,12 @@ static void ref_open(struct ref *r, const char *name)
 	if (fp_st_open(path, &r->masks) < 0)
 		fail_msg("open %s: %s", path, fp_err_last());
 	free(path);
-	tok = fp_st_find(r->g, "tokens");
-	assert_non_null(tok);
-	assert_int_equal(tok->dtype, FP_DT_I32);
-	ns = tok->shape[0];
-	sl = tok->shape[1];
-	r->ds.nsamples = ns;
-	r->ds.seqlen = (uint32_t)sl;
-	r->ds.ntokens = ns * sl;
-	r->ds.len = calloc(ns, sizeof(uint32_t));
-	r->ds.off = calloc(ns, sizeof(size_t));
-	r->ds.ids = calloc(ns * sl, sizeof(int32_t));
-	assert_true(r->ds.len && r->ds.off && r->ds.ids);
-	memcpy(r->ds.ids, tok->data, ns * sl * sizeof(int32_t));
-	for (size_t i = 0; i < ns; i++) {
-		r->ds.len[i] = (uint32_t)sl;
-		r->ds.off[i] = i * sl;
-	}
+	fp_test_golden_dataset(r->g, &r->ds);
 }
 
 static void ref_close(struct ref *r)
 {
-	free(r->ds.len);
-	free(r->ds.off);
-	free(r->ds.ids);
+	fp_test_dataset_clear(&r->ds);
 	fp_st_close(r->g);
 	fp_st_close(r->masks);
 	fp_model_close(r->m);

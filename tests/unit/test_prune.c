@@ -45,8 +45,6 @@ struct fx {
 static void fx_open(struct fx *f, const char *name)
 {
 	char *rel = NULL, *path = NULL;
-	const struct fp_st_tensor *tok;
-	size_t ns, sl;
 
 	memset(f, 0, sizeof(*f));
 	assert_true(asprintf(&rel, "golden/%s", name) > 0);
@@ -58,30 +56,12 @@ static void fx_open(struct fx *f, const char *name)
 	if (fp_st_open(path, &f->g) < 0)
 		fail_msg("open %s: %s", path, fp_err_last());
 	free(path);
-	tok = fp_st_find(f->g, "tokens");
-	assert_non_null(tok);
-	assert_int_equal(tok->dtype, FP_DT_I32);
-	ns = tok->shape[0];
-	sl = tok->shape[1];
-	f->ds.nsamples = ns;
-	f->ds.seqlen = (uint32_t)sl;
-	f->ds.ntokens = ns * sl;
-	f->ds.len = calloc(ns, sizeof(uint32_t));
-	f->ds.off = calloc(ns, sizeof(size_t));
-	f->ds.ids = calloc(ns * sl, sizeof(int32_t));
-	assert_true(f->ds.len && f->ds.off && f->ds.ids);
-	memcpy(f->ds.ids, tok->data, ns * sl * sizeof(int32_t));
-	for (size_t i = 0; i < ns; i++) {
-		f->ds.len[i] = (uint32_t)sl;
-		f->ds.off[i] = i * sl;
-	}
+	fp_test_golden_dataset(f->g, &f->ds);
 }
 
 static void fx_close(struct fx *f)
 {
-	free(f->ds.len);
-	free(f->ds.off);
-	free(f->ds.ids);
+	fp_test_dataset_clear(&f->ds);
 	fp_st_close(f->g);
 	fp_model_close(f->m);
 	free(f->dir);
