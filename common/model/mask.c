@@ -634,6 +634,7 @@ static int parse_entries(struct fp_mask_reader *r, const uint8_t *h, size_t len,
 		e = parse_entry(r, &c, i, &r->info[i], &names);
 		if (e < 0)
 			return e;
+		r->info[i].offset = total - FP_MASK_DIGEST;
 		if (__builtin_add_overflow(total, r->info[i].nbytes + FP_MASK_DIGEST, &total))
 			return fp_err_detail(-EINVAL, "%s: tensor sizes overflow", r->label);
 	}

@@ -114,6 +114,7 @@ struct fp_mask_info {
 	uint64_t dims[FP_MASK_MAX_DIMS];
 	uint64_t nbits;	 /* prod(dims) */
 	uint64_t nbytes; /* fp_mask_bytes(nbits) */
+	uint64_t offset; /* reader only: file offset of the bits; their digest follows them */
 };
 
 struct fp_mask_writer;

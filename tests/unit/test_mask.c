@@ -292,7 +292,7 @@ static void test_writer_matches_encoder(void **state)
 	/* round trip through the reader and the whole-file loader */
 	struct fp_mask_reader *r = NULL;
 	const struct fp_mask_info *info;
-	uint8_t buf[300];
+	uint8_t buf[300], d[32];
 
 	assert_int_equal(fp_mask_reader_open(path, &r), 0);
 	assert_int_equal(fp_mask_reader_count(r), 3);
@@ -309,6 +309,10 @@ static void test_writer_matches_encoder(void **state)
 		assert_int_equal(info->ndim, e[i].ndim);
 		assert_int_equal(info->dims[0], e[i].dims[0]);
 		assert_memory_equal(buf, e[i].data, info->nbytes);
+		/* the recorded offset points at the bits, followed by their digest */
+		assert_memory_equal(file + info->offset, e[i].data, info->nbytes);
+		crypto_generichash(d, 32, e[i].data, info->nbytes, NULL, 0);
+		assert_memory_equal(file + info->offset + info->nbytes, d, 32);
 	}
 	assert_int_equal(fp_mask_reader_next(r, &info, buf, sizeof(buf)), 0);
 	fp_mask_reader_free(r);
