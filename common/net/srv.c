@@ -170,6 +170,10 @@ static int h_chunk(struct fp_srv *srv, struct fp_session *s, const Fedprune__Env
 	Fedprune__ErrorCode code;
 	int r;
 
+	if (s->commit_pending)
+		return fp_session_error(s, FEDPRUNE__ERROR_CODE__ERROR_OUT_OF_ORDER, false,
+					"tensor '%s': the submission is being committed",
+					e->chunk->tensor);
 	r = fp_upload_rx_chunk(&s->rx, e->chunk, srv->cfg.max_upload, &code, &done);
 	if (r == -ENOMEM)
 		return r;
@@ -190,16 +194,58 @@ static int h_chunk(struct fp_srv *srv, struct fp_session *s, const Fedprune__Env
 	return 0;
 }
 
-static int h_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+/* Send the Receipt for round_id: accepted when reason is empty. */
+static int send_receipt(struct fp_session *s, uint64_t round_id, const char *reason)
 {
 	Fedprune__Envelope out = FEDPRUNE__ENVELOPE__INIT;
 	Fedprune__Receipt rc = FEDPRUNE__RECEIPT__INIT;
-	const Fedprune__Commit *cm = e->commit;
-	char reason[FP_TEXT_MAX + 1] = "";
+	struct fp_upload_rx *rx = &s->rx;
 	char **have = NULL;
 	size_t nhave = 0;
 	int r;
 
+	if (rx->round_id == round_id && rx->n) {
+		have = calloc(rx->n, sizeof(*have));
+		if (!have)
+			return -ENOMEM;
+		for (size_t i = 0; i < rx->n; i++)
+			if (rx->t[i].complete)
+				have[nhave++] = rx->t[i].name;
+	}
+	rc.round_id = round_id;
+	rc.accepted = !reason[0];
+	rc.reason = (char *)reason;
+	rc.have_tensors = have;
+	rc.n_have_tensors = nhave;
+	if (rc.accepted) {
+		rc.submission_digest.data = rx->submission;
+		rc.submission_digest.len = FP_DIGEST_BYTES;
+		s->srv->st.commits++;
+		fp_log_info("submission committed", "identity=%s round=%llu tensors=%zu bytes=%llu",
+			    fp_q(s->identity), (unsigned long long)round_id, rx->n,
+			    (unsigned long long)rx->bytes);
+	} else {
+		fp_log_warn("submission not accepted", "identity=%s round=%llu reason=%s",
+			    fp_q(s->identity), (unsigned long long)round_id, fp_q(reason));
+	}
+	out.version = FP_PROTO_VERSION;
+	out.msg_case = FEDPRUNE__ENVELOPE__MSG_RECEIPT;
+	out.receipt = &rc;
+	r = s->conn ? fp_session_send(s, &out) : 0;
+	free(have);
+	return r == -ENOMEM ? r : 0;
+}
+
+static int h_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+{
+	const Fedprune__Commit *cm = e->commit;
+	char reason[FP_TEXT_MAX + 1] = "";
+	int r;
+
+	if (s->commit_pending)
+		return fp_session_error(s, FEDPRUNE__ERROR_CODE__ERROR_OUT_OF_ORDER, false,
+					"round %llu: the previous commit is still being stored",
+					(unsigned long long)cm->round_id);
 	r = fp_upload_rx_commit(&s->rx, cm);
 	if (r == -ENOMEM)
 		return r;
@@ -208,42 +254,35 @@ static int h_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__En
 	} else if (srv->ops.on_commit) {
 		int c = srv->ops.on_commit(srv, s, cm);
 
+		if (c == FP_SRV_COMMIT_LATER) {
+			/* the application stores it first; fp_session_commit_done answers */
+			s->rx.committed = false;
+			s->commit_pending = true;
+			return 0;
+		}
 		if (c > 0) {
 			s->rx.committed = false;
 			snprintf(reason, sizeof(reason), "refused by the server (%s)",
 				 fp_error_code_name(c));
 		}
 	}
-	if (s->rx.round_id == cm->round_id && s->rx.n) {
-		have = calloc(s->rx.n, sizeof(*have));
-		if (!have)
-			return -ENOMEM;
-		for (size_t i = 0; i < s->rx.n; i++)
-			if (s->rx.t[i].complete)
-				have[nhave++] = s->rx.t[i].name;
-	}
-	rc.round_id = cm->round_id;
-	rc.accepted = !reason[0];
-	rc.reason = reason;
-	rc.have_tensors = have;
-	rc.n_have_tensors = nhave;
-	if (rc.accepted) {
-		rc.submission_digest.data = s->rx.submission;
-		rc.submission_digest.len = FP_DIGEST_BYTES;
-		srv->st.commits++;
-		fp_log_info("submission committed", "identity=%s round=%llu tensors=%zu bytes=%llu",
-			    fp_q(s->identity), (unsigned long long)cm->round_id, s->rx.n,
-			    (unsigned long long)s->rx.bytes);
+	return send_receipt(s, cm->round_id, reason);
+}
+
+int fp_session_commit_done(struct fp_session *s, int code, const char *reason)
+{
+	char why[FP_TEXT_MAX + 1] = "";
+
+	if (!s->commit_pending)
+		return -EINVAL;
+	s->commit_pending = false;
+	if (code == 0) {
+		s->rx.committed = true;
 	} else {
-		fp_log_warn("submission not accepted", "identity=%s round=%llu reason=%s",
-			    fp_q(s->identity), (unsigned long long)cm->round_id, fp_q(reason));
+		snprintf(why, sizeof(why), "%s (%s)", reason && reason[0] ? reason : "refused",
+			 fp_error_code_name(code));
 	}
-	out.version = FP_PROTO_VERSION;
-	out.msg_case = FEDPRUNE__ENVELOPE__MSG_RECEIPT;
-	out.receipt = &rc;
-	r = fp_session_send(s, &out);
-	free(have);
-	return r == -ENOMEM ? r : 0;
+	return send_receipt(s, s->rx.round_id, why);
 }
 
 static int h_upload_query(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
@@ -369,6 +408,8 @@ static void welcome(struct sconn *sc, struct fp_session *s, const Fedprune__Hell
 	fp_log_info("client joined", "identity=%s peer=%s tls=%s resumed=%d tokens=%llu",
 		    fp_q(s->identity), fp_q(fp_conn_peer(sc->c)), fp_q(fp_conn_tls_version(sc->c)),
 		    resumed, (unsigned long long)h->local_tokens);
+	if (srv->ops.on_welcome)
+		srv->ops.on_welcome(srv, s);
 }
 
 static void hello(struct sconn *sc, const Fedprune__Hello *h)

@@ -11,6 +11,7 @@
 #ifndef FP_SRV_H
 #define FP_SRV_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,6 +36,7 @@ struct fp_session {
 	double capacity;	/* from its last Hello */
 	uint64_t connects;	/* Hellos accepted so far */
 	uint64_t gone_since;	/* loop time its connection closed; 0 while connected */
+	bool commit_pending;	/* on_commit answered FP_SRV_COMMIT_LATER, not yet done */
 	void *data;		/* the application's per-client state */
 	struct fp_session *next;
 };
@@ -47,10 +49,15 @@ struct fp_session {
 typedef int (*fp_srv_handler)(struct fp_srv *srv, struct fp_session *s,
 			      const Fedprune__Envelope *e);
 
+#define FP_SRV_COMMIT_LATER (-EINPROGRESS)
+
 struct fp_srv_ops {
 	/* A Hello passed the checks; return 0 to welcome s, or an ErrorCode (> 0) to refuse
 	 * (the connection is then closed with that code). Optional. */
 	int (*on_hello)(struct fp_srv *srv, struct fp_session *s, const Fedprune__Hello *h);
+	/* The Welcome went out to s: the application may now send (e.g. the round spec).
+	 * Optional. */
+	void (*on_welcome)(struct fp_srv *srv, struct fp_session *s);
 	/* The connection of s closed (s stays for a reconnect). Optional. */
 	void (*on_leave)(struct fp_srv *srv, struct fp_session *s, const char *reason);
 	/* A chunk was accepted (digest checks pending until the tensor's last chunk). Return 0
@@ -59,8 +66,10 @@ struct fp_srv_ops {
 	int (*on_chunk)(struct fp_srv *srv, struct fp_session *s, const Fedprune__TensorChunk *c);
 	/* A tensor is complete and its digest verified. Optional. */
 	void (*on_tensor)(struct fp_srv *srv, struct fp_session *s, const struct fp_rx_tensor *t);
-	/* A commit matched what was received; return 0 to accept, or an ErrorCode to refuse.
-	 * Optional. */
+	/* A commit matched what was received; return 0 to accept, an ErrorCode to refuse, or
+	 * FP_SRV_COMMIT_LATER to answer later with fp_session_commit_done (e.g. after storing the
+	 * submission durably off the loop; meanwhile the upload counts as not committed and a
+	 * second Commit is refused). Optional. */
 	int (*on_commit)(struct fp_srv *srv, struct fp_session *s, const Fedprune__Commit *c);
 	/* Any connection closed: peer address, identity (NULL if never known; the CN a rejected
 	 * certificate claimed is passed as claimed), and why. For tests and metrics. Optional. */
@@ -132,6 +141,14 @@ int fp_session_send(struct fp_session *s, const Fedprune__Envelope *e);
 /* Send Error{code, message, fatal}; a fatal error also closes the connection. */
 int fp_session_error(struct fp_session *s, Fedprune__ErrorCode code, bool fatal, const char *fmt,
 		     ...) __attribute__((format(printf, 4, 5)));
+
+/*
+ * Answer a commit deferred with FP_SRV_COMMIT_LATER: code 0 accepts it (the Receipt says
+ * accepted and the upload is committed), an ErrorCode (> 0) refuses it with reason. The
+ * Receipt goes out if the client is still connected; otherwise it learns the outcome from
+ * UploadStatus after it reconnects. Returns 0, -EINVAL (no commit pending) or -ENOMEM.
+ */
+int fp_session_commit_done(struct fp_session *s, int code, const char *reason);
 
 /*
  * A connection without a socket (fuzzing, tests): plaintext input through fp_conn_inject is

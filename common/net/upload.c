@@ -319,6 +319,64 @@ out:
 	return r;
 }
 
+int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__PayloadKind kind,
+			 const uint64_t *shape, size_t ndim, uint64_t total, uint64_t received,
+			 fp_tensor_read_fn read, void *ud)
+{
+	Fedprune__TensorChunk c = FEDPRUNE__TENSOR_CHUNK__INIT;
+	Fedprune__ErrorCode code;
+	struct fp_rx_tensor *t;
+	uint8_t *buf = NULL;
+	int r;
+
+	if (rx->committed || received > total || ndim > FP_SHAPE_MAX_DIMS || rx_find(rx, name))
+		return fp_err_detail(-EINVAL, "tensor '%s': cannot be restored here", name);
+	c.tensor = (char *)name;
+	c.kind = kind;
+	c.shape = (uint64_t *)shape;
+	c.n_shape = ndim;
+	c.total_bytes = total;
+	r = rx_add(rx, &c, UINT64_MAX, &code, &t);
+	if (r < 0)
+		return r == -ENOMEM ? r : fp_err_detail(-EINVAL, "%s", fp_err_last());
+	if (received) {
+		buf = malloc(FP_RESTORE_BLOCK);
+		if (!buf)
+			return -ENOMEM;
+	}
+	for (uint64_t off = 0; off < received;) {
+		size_t n = (size_t)(received - off < FP_RESTORE_BLOCK ? received - off
+								      : FP_RESTORE_BLOCK);
+
+		r = read(ud, off, buf, n);
+		if (r < 0) {
+			rx_restart_tensor(rx, t);
+			free(buf);
+			return r;
+		}
+		crypto_generichash_update(t->hash, buf, n);
+		off += n;
+	}
+	free(buf);
+	t->received = received;
+	rx->received_bytes += received;
+	if (received == total) {
+		crypto_generichash_final(t->hash, t->digest, sizeof(t->digest));
+		t->complete = true;
+		free(t->hash);
+		t->hash = NULL;
+	}
+	return 0;
+}
+
+void fp_upload_rx_restore_committed(struct fp_upload_rx *rx, uint64_t round_id,
+				    const uint8_t submission[FP_DIGEST_BYTES])
+{
+	fp_upload_rx_reset(rx, round_id);
+	memcpy(rx->submission, submission, FP_DIGEST_BYTES);
+	rx->committed = true;
+}
+
 int fp_upload_rx_status(const struct fp_upload_rx *rx, uint64_t round_id,
 			Fedprune__UploadStatus *st)
 {
@@ -327,7 +385,7 @@ int fp_upload_rx_status(const struct fp_upload_rx *rx, uint64_t round_id,
 
 	fedprune__upload_status__init(st);
 	st->round_id = round_id;
-	st->committed = n > 0 && rx->committed;
+	st->committed = rx->round_id == round_id && rx->committed;
 	if (n == 0)
 		return 0;
 	st->tensors = fp_mallocarray(n, sizeof(*st->tensors));

@@ -26,6 +26,9 @@
 #include "conn.h"
 #include "envelope.h"
 
+/* Copies exactly len bytes of the payload, starting at offset, into buf. Returns 0 or -errno. */
+typedef int (*fp_tensor_read_fn)(void *ud, uint64_t offset, uint8_t *buf, size_t len);
+
 /* --- receiving --- */
 
 struct fp_rx_tensor {
@@ -81,6 +84,27 @@ int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, 
  */
 int fp_upload_rx_commit(struct fp_upload_rx *rx, const Fedprune__Commit *c);
 
+#define FP_RESTORE_BLOCK (1u << 20) /* bytes read at a time while restoring */
+
+/*
+ * Put back a tensor a previous process had received (the server's state directory): name,
+ * kind, shape (ndim, may be 0) and total as on its first chunk, and the first `received`
+ * bytes, which are read back through read(ud, ...) to rebuild the digest state. With
+ * received == total the tensor is complete and its digest is the one of those bytes (the
+ * caller stored it only after the transport had verified it). Returns 0, -EINVAL (rx is
+ * committed, the tensor is already there, received > total; detail), -ENOMEM or read's error.
+ */
+int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__PayloadKind kind,
+			 const uint64_t *shape, size_t ndim, uint64_t total, uint64_t received,
+			 fp_tensor_read_fn read, void *ud);
+
+/*
+ * Start rx over as an already committed submission of round_id with this submission digest
+ * (accepted by a previous process): UploadStatus then says committed, chunks are refused.
+ */
+void fp_upload_rx_restore_committed(struct fp_upload_rx *rx, uint64_t round_id,
+				    const uint8_t submission[FP_DIGEST_BYTES]);
+
 /*
  * Describe what rx holds as an UploadStatus for round_id (empty if rx is about another
  * round). The message's arrays are allocated; release with fp_upload_status_free.
@@ -100,8 +124,6 @@ int fp_submission_digest(const char *const *names, const uint8_t (*digests)[FP_D
 
 /* --- sending --- */
 
-/* Copies exactly len bytes of the payload, starting at offset, into buf. Returns 0 or -errno. */
-typedef int (*fp_tensor_read_fn)(void *ud, uint64_t offset, uint8_t *buf, size_t len);
 
 struct fp_tensor_src {
 	const char *name; /* borrowed until the upload is freed */
