@@ -19,6 +19,7 @@
 #include "err.h"
 #include "log.h"
 #include "netcfg.h"
+#include "round.h"
 #include "srv.h"
 #include "tls.h"
 
@@ -32,7 +33,15 @@ struct server_cfg {
 	uint64_t session_ttl_ms;
 	uint64_t chunk;
 	struct fp_net_cfg net;
+	struct fp_round_cfg round;
 };
+
+/* In the order of enum fp_prune_method, enum fp_group and enum fp_agg_tie. */
+static const char *const method_names[] = { "magnitude", "wanda", "sparsegpt", NULL };
+static const char *const group_names[] = { "row", "layer", "column", NULL };
+static const char *const tie_names[] = { "magnitude", "index", "random", NULL };
+
+#define R(field) offsetof(struct server_cfg, round.field)
 
 static const struct fp_cfg_key server_keys[] = {
 	{ "log", "level", FP_CFG_ENUM, offsetof(struct server_cfg, log_level), .def = "info",
@@ -58,6 +67,51 @@ static const struct fp_cfg_key server_keys[] = {
 	  .min = 4096, .max = FP_FRAME_MAX_LIMIT / 2,
 	  .help = "upload chunk size clients are asked to use (at most max_frame / 2)" },
 	FP_NET_CFG_KEYS(struct server_cfg, net, "server"),
+	{ "round", "model", FP_CFG_STR, R(model), .def = "", .max = 4096,
+	  .help = "dense model the federation prunes (Hugging Face directory); required" },
+	{ "round", "state_dir", FP_CFG_STR, R(state_dir), .def = FP_STATEDIR "/fedprune-server",
+	  .max = 4096, .help = "journal, round specifications and accepted submissions" },
+	{ "round", "output", FP_CFG_STR, R(output), .def = "", .max = 4096,
+	  .help = "where round-<id>/ results are published (empty: <state_dir>/published)" },
+	{ "round", "method", FP_CFG_ENUM, R(method), .def = "wanda", .choices = method_names,
+	  .help = "local pruner the clients run" },
+	{ "round", "sparsity", FP_CFG_DOUBLE, R(sparsity), .def = "0.5", .dmin = 0, .dmax = 1,
+	  .help = "fraction of the weights of every comparison group pruned" },
+	{ "round", "pattern", FP_CFG_STR, R(pattern), .def = "unstructured", .max = 16,
+	  .help = "unstructured, or N:M (N pruned of every M consecutive inputs)" },
+	{ "round", "local_group", FP_CFG_ENUM, R(local_group), .def = "row", .choices = group_names,
+	  .help = "comparison group of the clients' local pruner" },
+	{ "round", "group", FP_CFG_ENUM, R(group), .def = "layer", .choices = group_names,
+	  .help = "comparison group of the server's vote selection (FedPrLLM: layer)" },
+	{ "round", "tie_break", FP_CFG_ENUM, R(tie_break), .def = "magnitude", .choices = tie_names,
+	  .help = "how equally voted weights at the boundary are chosen" },
+	{ "round", "seed", FP_CFG_U64, R(seed), .def = "0", .min = 0, .max = UINT64_MAX,
+	  .help = "seed of the calibration draw and of random tie breaking" },
+	{ "round", "nsamples", FP_CFG_U32, R(nsamples), .def = "128", .min = 1, .max = 1u << 20,
+	  .help = "calibration samples each client draws" },
+	{ "round", "seqlen", FP_CFG_U32, R(seqlen), .def = "2048", .min = 2, .max = 1u << 20,
+	  .help = "tokens per calibration sample" },
+	{ "round", "sequential", FP_CFG_BOOL, R(sequential), .def = "true",
+	  .help = "clients feed each block's input through the already pruned blocks" },
+	{ "round", "min_clients", FP_CFG_U32, R(min_clients), .def = "3", .min = 1, .max = 65535,
+	  .help = "connected clients needed before the round starts" },
+	{ "round", "quorum", FP_CFG_U32, R(quorum), .def = "0", .min = 0, .max = 65535,
+	  .help = "accepted submissions needed to aggregate (0: min_clients)" },
+	{ "round", "wait_clients", FP_CFG_MSEC, R(wait_ms), .def = "10m", .min = 100,
+	  .max = 30ull * 86400 * 1000, .help = "how long to wait for min_clients" },
+	{ "round", "deadline", FP_CFG_MSEC, R(deadline_ms), .def = "1h", .min = 100,
+	  .max = 30ull * 86400 * 1000, .help = "from the round's start to the end of collection" },
+	{ "round", "grace", FP_CFG_MSEC, R(grace_ms), .def = "30s", .min = 0,
+	  .max = 86400ull * 1000, .help = "after quorum, how long to wait for the others" },
+	{ "round", "weight_by_tokens", FP_CFG_BOOL, R(weight_by_tokens), .def = "false",
+	  .help = "weigh each client's votes by its calibration tokens" },
+	{ "round", "weight_scaling", FP_CFG_BOOL, R(weight_scaling), .def = "false",
+	  .help = "scale kept weights by the share of clients that kept them" },
+	{ "round", "eval_timeout", FP_CFG_MSEC, R(eval_ms), .def = "10m", .min = 100,
+	  .max = 30ull * 86400 * 1000,
+	  .help = "how long to wait for the clients' evaluation reports" },
+	{ "round", "exit_when_done", FP_CFG_BOOL, R(exit_when_done), .def = "false",
+	  .help = "exit when the round is complete (status 1 if it failed)" },
 	{ 0 },
 };
 
@@ -66,6 +120,7 @@ struct server {
 	SSL_CTX *tls;
 	struct fp_allowlist allow;
 	struct fp_srv *srv;
+	struct fp_round *round;
 };
 
 static struct server server;
@@ -92,6 +147,7 @@ static int server_start(struct fp_daemon *d, void *arg)
 {
 	struct server_cfg *c = arg;
 	struct fp_srv_cfg sc = { 0 };
+	struct fp_srv_ops ops = { 0 };
 	int insecure, r;
 
 	server.d = d;
@@ -134,7 +190,16 @@ static int server_start(struct fp_daemon *d, void *arg)
 	sc.chunk_bytes = (uint32_t)c->chunk;
 	sc.max_upload = c->max_upload;
 	sc.session_ttl_ms = c->session_ttl_ms;
-	r = fp_srv_start(&d->loop, &sc, NULL, &server.srv);
+	c->round.chunk_bytes = (uint32_t)c->chunk;
+	r = fp_round_new(d, &c->round, &server.round);
+	if (r < 0)
+		return r;
+	fp_round_ops(&ops);
+	sc.data = server.round;
+	r = fp_srv_start(&d->loop, &sc, &ops, &server.srv);
+	if (r < 0)
+		return r;
+	r = fp_round_attach(server.round, server.srv);
 	if (r < 0)
 		return r;
 	fp_log_info("listening", "listen=%s port=%d transport=%s max_clients=%u max_frame=%llu",
@@ -149,6 +214,8 @@ static void server_stopped(struct fp_srv *srv, void *ud)
 	(void)srv;
 	(void)ud;
 	server.srv = NULL;
+	fp_round_stop(server.round);
+	server.round = NULL;
 	SSL_CTX_free(server.tls);
 	server.tls = NULL;
 	fp_allowlist_free(&server.allow);
@@ -159,6 +226,8 @@ static int server_stop(struct fp_daemon *d, void *arg)
 	(void)d;
 	(void)arg;
 	if (!server.srv) {
+		fp_round_stop(server.round);
+		server.round = NULL;
 		SSL_CTX_free(server.tls);
 		server.tls = NULL;
 		fp_allowlist_free(&server.allow);

@@ -252,19 +252,21 @@ static int h_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__En
 	if (r < 0) {
 		snprintf(reason, sizeof(reason), "%s", fp_err_last());
 	} else if (srv->ops.on_commit) {
-		int c = srv->ops.on_commit(srv, s, cm);
+		int c;
 
-		if (c == FP_SRV_COMMIT_LATER) {
-			/* the application stores it first; fp_session_commit_done answers */
-			s->rx.committed = false;
-			s->commit_pending = true;
+		/* pending while the application decides; it may answer at once or later with
+		 * fp_session_commit_done (which also works from inside on_commit) */
+		s->rx.committed = false;
+		s->commit_pending = true;
+		c = srv->ops.on_commit(srv, s, cm);
+		if (c == FP_SRV_COMMIT_LATER)
 			return 0;
-		}
-		if (c > 0) {
-			s->rx.committed = false;
+		s->commit_pending = false;
+		if (c > 0)
 			snprintf(reason, sizeof(reason), "refused by the server (%s)",
 				 fp_error_code_name(c));
-		}
+		else
+			s->rx.committed = true;
 	}
 	return send_receipt(s, cm->round_id, reason);
 }

@@ -67,9 +67,10 @@ struct fp_srv_ops {
 	/* A tensor is complete and its digest verified. Optional. */
 	void (*on_tensor)(struct fp_srv *srv, struct fp_session *s, const struct fp_rx_tensor *t);
 	/* A commit matched what was received; return 0 to accept, an ErrorCode to refuse, or
-	 * FP_SRV_COMMIT_LATER to answer later with fp_session_commit_done (e.g. after storing the
-	 * submission durably off the loop; meanwhile the upload counts as not committed and a
-	 * second Commit is refused). Optional. */
+	 * FP_SRV_COMMIT_LATER to answer with fp_session_commit_done, later (e.g. after storing
+	 * the submission durably off the loop; meanwhile the upload counts as not committed and
+	 * chunks or a second Commit are refused) or already inside this call (to refuse with a
+	 * reason of its own). Optional. */
 	int (*on_commit)(struct fp_srv *srv, struct fp_session *s, const Fedprune__Commit *c);
 	/* Any connection closed: peer address, identity (NULL if never known; the CN a rejected
 	 * certificate claimed is passed as claimed), and why. For tests and metrics. Optional. */
