@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,8 @@ struct fp_round {
 	uint8_t result_digest[FP_DIGEST_BYTES];
 	uint64_t publish_ms;
 	double agg_seconds;
+	/* crash test hook (docs/development.md): SIGKILL itself after this many chunks */
+	uint64_t kill_after, chunks_seen;
 };
 
 static uint64_t unix_ms(void)
@@ -796,6 +799,11 @@ static int on_chunk(struct fp_srv *srv, struct fp_session *s, const Fedprune__Te
 	long i;
 	int e;
 
+	if (r->kill_after && ++r->chunks_seen == r->kill_after) {
+		fp_log_warn("FP_TEST_KILL_AFTER_CHUNKS reached: killing myself", "chunks=%" PRIu64,
+			    r->chunks_seen);
+		raise(SIGKILL);
+	}
 	if (!c || c->reject_code)
 		return 0;
 	if (r->phase != PH_COLLECT || ch->round_id != r->id) {
@@ -1781,6 +1789,9 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 	r->cfg.output = NULL; /* an owned copy below */
 	r->res_fd = -1;
 	uv_mutex_init(&r->jlock);
+	if (getenv("FP_TEST_KILL_AFTER_CHUNKS") &&
+	    fp_parse_u64(getenv("FP_TEST_KILL_AFTER_CHUNKS"), 1, UINT64_MAX, &r->kill_after) < 0)
+		fp_log_warn("ignoring FP_TEST_KILL_AFTER_CHUNKS (not a positive integer)", NULL);
 	if (!cfg->model[0] || !cfg->state_dir[0]) {
 		e = fp_err_detail(-EINVAL, "[round] model and state_dir are required");
 		goto fail;

@@ -1,0 +1,218 @@
+#!/bin/sh
+# End-to-end federated rounds with the real daemons over mutually authenticated TLS on
+# loopback, on the bundled demo model and its three client shards:
+#   1. three clients, one-shot FedPrLLM: the published global mask equals, byte for byte, the
+#      one `fedprune aggregate` computes offline from the clients' own mask files with the same
+#      rule; report.json carries every participant and the federated evaluation;
+#   2. the server is killed (SIGKILL) in the middle of the uploads and restarted: the round
+#      resumes from the state directory and publishes the same mask;
+#   3. one client gone (SIGSTOP after it got the spec): completes when the quorum is met, fails
+#      cleanly with a clear message when it is not;
+#   4. a client submitting a mask of the wrong density is refused and the round still completes.
+# Usage: test_round.sh SERVER CLIENT TOOL   (meson passes the built executables)
+set -eu
+server=$1
+client=$2
+tool=$3
+src=$(cd "$(dirname "$0")/../.." && pwd)
+model=$src/deploy/demo/model
+data=$src/deploy/demo/data
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/fp-round.XXXXXX")
+pids=""
+
+cleanup() {
+	for p in $pids; do
+		kill -CONT "$p" 2>/dev/null || true
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+fail() {
+	echo "FAIL: $*" >&2
+	for f in "$tmp"/*/*.log; do
+		[ -f "$f" ] || continue
+		echo "---- $f (last 30 lines)" >&2
+		tail -n 30 "$f" >&2
+	done
+	exit 1
+}
+
+"$src/deploy/gen-certs.sh" "$tmp/certs" --server-ip 127.0.0.1 \
+	--clients client1,client2,client3 >/dev/null 2>&1 || fail "gen-certs.sh"
+
+# server_cfg DIR [extra [round] lines...]
+server_cfg() {
+	dir=$1
+	shift
+	mkdir -p "$dir"
+	{
+		printf '[server]\nlisten = 127.0.0.1\nport = 0\nchunk = 4KiB\n'
+		printf '[tls]\ncert = %s\nkey = %s\nca = %s\n' "$tmp/certs/server.crt" \
+			"$tmp/certs/server.key" "$tmp/certs/ca.crt"
+		printf '[round]\nmodel = %s\nstate_dir = %s\noutput = %s\n' "$model" "$dir/state" \
+			"$dir/out"
+		printf 'method = wanda\nsparsity = 0.5\nnsamples = 8\nseqlen = 128\nseed = 7\n'
+		printf 'min_clients = 3\ndeadline = 90s\ngrace = 1s\neval_timeout = 60s\n'
+		printf 'exit_when_done = true\n'
+		for l in "$@"; do printf '%s\n' "$l"; done
+	} >"$dir/server.ini"
+}
+
+# client_cfg DIR NAME PORT
+client_cfg() {
+	{
+		printf '[client]\nserver = 127.0.0.1\nport = %s\nreconnect_min = 100ms\n' "$3"
+		printf 'reconnect_max = 1s\n'
+		printf '[tls]\ncert = %s\nkey = %s\nca = %s\n' "$tmp/certs/$2.crt" \
+			"$tmp/certs/$2.key" "$tmp/certs/ca.crt"
+		printf '[job]\nmodel = %s\ncalib = %s\nheldout = %s\nstate_dir = %s\n' "$model" \
+			"$data/$2.txt" "$data/heldout.txt" "$1/$2"
+		printf 'eval_dense = false\nexit_when_done = true\n'
+	} >"$1/$2.ini"
+}
+
+# start_server DIR: starts it in the background, sets spid and port
+start_server() {
+	"$server" --config "$1/server.ini" >>"$1/server.log" 2>&1 &
+	spid=$!
+	pids="$pids $spid"
+	port=""
+	i=0
+	while [ -z "$port" ]; do
+		i=$((i + 1))
+		[ "$i" -le 200 ] || fail "server did not start listening"
+		kill -0 "$spid" 2>/dev/null || fail "server exited at start"
+		port=$(sed -n 's/.*msg=listening.* port=\([0-9]*\).*/\1/p' "$1/server.log" | tail -n 1)
+		[ -n "$port" ] || sleep 0.05
+	done
+}
+
+# start_client DIR NAME: sets cpid
+start_client() {
+	client_cfg "$1" "$2" "$port"
+	"$client" --config "$1/$2.ini" >>"$1/$2.log" 2>&1 &
+	cpid=$!
+	pids="$pids $cpid"
+}
+
+# wait_exit PID SECONDS: sets rc to its exit status
+wait_exit() {
+	i=0
+	while kill -0 "$1" 2>/dev/null; do
+		i=$((i + 1))
+		[ "$i" -le $(($2 * 10)) ] || fail "process $1 still running after $2 s"
+		sleep 0.1
+	done
+	rc=0
+	wait "$1" || rc=$?
+}
+
+# wait_log FILE PATTERN SECONDS
+wait_log() {
+	i=0
+	until grep -q "$2" "$1" 2>/dev/null; do
+		i=$((i + 1))
+		[ "$i" -le $(($3 * 20)) ] || fail "no '$2' in $1 after $3 s"
+		sleep 0.05
+	done
+}
+
+json_num() { # FILE KEY: first number after "KEY":
+	tr -d ' \n\t' <"$1" | sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" | head -n 1
+}
+
+# ---- 1. three clients; global mask == offline aggregation of the clients' masks ----
+d=$tmp/one
+server_cfg "$d"
+start_server "$d"
+for c in client1 client2 client3; do start_client "$d" "$c"; done
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "server exit status $rc in the three-client round"
+res=$d/out/round-1
+for f in config.json mask.fpmask report.json; do
+	[ -f "$res/$f" ] || fail "published result lacks $f"
+done
+ls "$res"/*.safetensors >/dev/null 2>&1 || fail "published result has no safetensors"
+"$tool" aggregate --model "$model" --mask "$d/client1/round-1/local.fpmask" \
+	--mask "$d/client2/round-1/local.fpmask" --mask "$d/client3/round-1/local.fpmask" \
+	--sparsity 0.5 --group layer --tie-break magnitude --out "$d/offline" >"$d/offline.log" 2>&1 ||
+	fail "offline fedprune aggregate"
+cmp "$res/mask.fpmask" "$d/offline/mask.fpmask" ||
+	fail "global mask differs from the offline aggregation"
+grep -q '"accepted":[[:space:]]*3' "$res/report.json" || fail "report.json: not 3 accepted"
+ppl=$(tr -d ' \n\t' <"$res/report.json" | sed -n 's/.*"federated_eval":{.*"tokens":[0-9]*,"perplexity":\([0-9.]*\).*/\1/p')
+[ -n "$ppl" ] || fail "report.json has no federated perplexity"
+grep -q 'msg="federated evaluation"' "$d/server.log" || fail "no federated evaluation log line"
+for c in client1 client2 client3; do
+	grep -q "identity=$c" "$d/server.log" || fail "$c never joined"
+done
+echo "ok 1 three clients: global mask == offline aggregation; federated perplexity $ppl"
+
+# ---- 2. server killed in the middle of the uploads, restarted: same result ----
+d=$tmp/kill
+server_cfg "$d"
+export FP_TEST_KILL_AFTER_CHUNKS=100
+start_server "$d"
+unset FP_TEST_KILL_AFTER_CHUNKS
+for c in client1 client2 client3; do start_client "$d" "$c"; done
+wait_exit "$spid" 120
+[ "$rc" = 137 ] || fail "server was expected to die by SIGKILL mid-upload, status $rc"
+grep -q "FP_TEST_KILL_AFTER_CHUNKS reached" "$d/server.log" || fail "kill hook not reached"
+start_server "$d"
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "restarted server exit status $rc"
+grep -q 'msg="state restored"' "$d/server.log" || fail "restart did not restore state"
+grep -q 'msg="upload restored from the state directory"' "$d/server.log" ||
+	fail "no partial upload was restored after the restart"
+cmp "$d/out/round-1/mask.fpmask" "$tmp/one/out/round-1/mask.fpmask" ||
+	fail "result after a crash differs from the uninterrupted round"
+echo "ok 2 server killed mid-upload and restarted: same global mask"
+
+# ---- 3. one client gone: quorum met -> completes; quorum not met -> fails cleanly ----
+d=$tmp/quorum
+server_cfg "$d" "quorum = 2"
+start_server "$d"
+start_client "$d" client1
+start_client "$d" client2
+start_client "$d" client3
+gone=$cpid
+wait_log "$d/server.log" 'round spec sent" identity=client3' 30
+kill -STOP "$gone"
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "quorum 2 of 3: server exit status $rc"
+grep -q '"accepted":[[:space:]]*2' "$d/out/round-1/report.json" || fail "quorum: not 2 accepted"
+echo "ok 3a one client gone, quorum 2: round completes with 2"
+
+d=$tmp/noquorum
+server_cfg "$d" "quorum = 3" "deadline = 6s"
+start_server "$d"
+start_client "$d" client1
+start_client "$d" client2
+start_client "$d" client3
+gone=$cpid
+wait_log "$d/server.log" 'round spec sent" identity=client3' 30
+kill -STOP "$gone"
+wait_exit "$spid" 60
+[ "$rc" = 1 ] || fail "quorum 3 with a client gone: expected exit status 1, got $rc"
+grep -q 'quorum is 3' "$d/server.log" || fail "no clear quorum message"
+[ ! -e "$d/out/round-1" ] || fail "a failed round published a result"
+echo "ok 3b one client gone, quorum 3: fails cleanly ($(grep -o 'reason="round 1 failed[^"]*' "$d/server.log" | head -n 1 | cut -c9-))"
+
+# ---- 4. a client with a mask of the wrong density is refused; the round completes ----
+d=$tmp/density
+server_cfg "$d" "quorum = 2"
+"$tool" prune --model "$model" --calib "$data/client3.txt" --method wanda --sparsity 0.4 \
+	--nsamples 8 --seqlen 128 --out "$d/wrong" >"$d/prune.log" 2>&1 || fail "offline prune"
+mkdir -p "$d/client3/round-1"
+cp "$d/wrong/mask.fpmask" "$d/client3/round-1/local.fpmask"
+start_server "$d"
+for c in client1 client2 client3; do start_client "$d" "$c"; done
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "wrong-density round: server exit status $rc"
+grep -q 'msg="submission refused" identity=client3.*SPEC_MISMATCH' "$d/server.log" ||
+	fail "client3's wrong-density mask was not refused"
+grep -q '"accepted":[[:space:]]*2' "$d/out/round-1/report.json" ||
+	fail "wrong density: not 2 accepted"
+echo "ok 4 wrong-density submission refused; round completed with the other two"
