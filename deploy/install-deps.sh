@@ -20,8 +20,9 @@ esac
 
 missing=""
 for p in $PKGS; do
-	# dpkg-query prints "install ok installed" only for a fully installed package.
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+	# dpkg-query prints "install ok installed" only for a fully installed package (one line
+	# per architecture when foreign architectures such as arm64 are enabled).
+	if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
 		missing="$missing $p"
 	fi
 done

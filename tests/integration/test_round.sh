@@ -9,11 +9,13 @@
 #   3. one client gone (SIGSTOP after it got the spec): completes when the quorum is met, fails
 #      cleanly with a clear message when it is not;
 #   4. a client submitting a mask of the wrong density is refused and the round still completes.
-# Usage: test_round.sh SERVER CLIENT TOOL   (meson passes the built executables)
+# Usage: test_round.sh SERVER CLIENT TOOL ROGUE   (meson passes the built executables;
+# ROGUE is tests/integration/rogue_client.c, a client that submits a mask file it is given)
 set -eu
 server=$1
 client=$2
 tool=$3
+rogue=$4
 src=$(cd "$(dirname "$0")/../.." && pwd)
 model=$src/deploy/demo/model
 data=$src/deploy/demo/data
@@ -42,7 +44,7 @@ fail() {
 "$src/deploy/gen-certs.sh" "$tmp/certs" --server-ip 127.0.0.1 \
 	--clients client1,client2,client3 >/dev/null 2>&1 || fail "gen-certs.sh"
 
-# server_cfg DIR [extra [round] lines...]
+# server_cfg DIR ["key = value" ...]: [round] settings replacing or adding to the defaults
 server_cfg() {
 	dir=$1
 	shift
@@ -54,10 +56,17 @@ server_cfg() {
 		printf '[round]\nmodel = %s\nstate_dir = %s\noutput = %s\n' "$model" "$dir/state" \
 			"$dir/out"
 		printf 'method = wanda\nsparsity = 0.5\nnsamples = 8\nseqlen = 128\nseed = 7\n'
-		printf 'min_clients = 3\ndeadline = 90s\ngrace = 1s\neval_timeout = 60s\n'
+		printf 'min_clients = 3\ndeadline = 90s\ngrace = 1s\neval_timeout = 120s\n'
 		printf 'exit_when_done = true\n'
-		for l in "$@"; do printf '%s\n' "$l"; done
 	} >"$dir/server.ini"
+	for l in "$@"; do # "key = value": replace the key's line or add it
+		k=${l%% =*}
+		if grep -q "^$k = " "$dir/server.ini"; then
+			sed -i "s|^$k = .*|$l|" "$dir/server.ini"
+		else
+			printf '%s\n' "$l" >>"$dir/server.ini"
+		fi
+	done
 }
 
 # client_cfg DIR NAME PORT
@@ -69,7 +78,8 @@ client_cfg() {
 			"$tmp/certs/$2.key" "$tmp/certs/ca.crt"
 		printf '[job]\nmodel = %s\ncalib = %s\nheldout = %s\nstate_dir = %s\n' "$model" \
 			"$data/$2.txt" "$data/heldout.txt" "$1/$2"
-		printf 'eval_dense = false\nexit_when_done = true\n'
+		printf 'eval_seqlen = 128\neval_nsamples = 32\neval_dense = false\n'
+		printf 'exit_when_done = true\n'
 	} >"$1/$2.ini"
 }
 
@@ -160,6 +170,8 @@ for c in client1 client2 client3; do start_client "$d" "$c"; done
 wait_exit "$spid" 120
 [ "$rc" = 137 ] || fail "server was expected to die by SIGKILL mid-upload, status $rc"
 grep -q "FP_TEST_KILL_AFTER_CHUNKS reached" "$d/server.log" || fail "kill hook not reached"
+# the clients keep reconnecting to the same address: restart on the same port
+sed -i "s/^port = 0$/port = $port/" "$d/server.ini"
 start_server "$d"
 wait_exit "$spid" 120
 [ "$rc" = 0 ] || fail "restarted server exit status $rc"
@@ -205,14 +217,19 @@ d=$tmp/density
 server_cfg "$d" "quorum = 2"
 "$tool" prune --model "$model" --calib "$data/client3.txt" --method wanda --sparsity 0.4 \
 	--nsamples 8 --seqlen 128 --out "$d/wrong" >"$d/prune.log" 2>&1 || fail "offline prune"
-mkdir -p "$d/client3/round-1"
-cp "$d/wrong/mask.fpmask" "$d/client3/round-1/local.fpmask"
 start_server "$d"
-for c in client1 client2 client3; do start_client "$d" "$c"; done
+start_client "$d" client1
+start_client "$d" client2
+rc=0
+"$rogue" 127.0.0.1 "$port" "$tmp/certs/ca.crt" "$tmp/certs/client3.crt" \
+	"$tmp/certs/client3.key" "$d/wrong/mask.fpmask" >"$d/rogue.log" 2>&1 || rc=$?
+[ "$rc" = 3 ] || fail "the wrong-density submission was not refused (rogue client status $rc)"
+grep -q 'receipt accepted=0 reason=.*SPEC_MISMATCH' "$d/rogue.log" ||
+	fail "the refusal does not say SPEC_MISMATCH: $(cat "$d/rogue.log")"
+grep -q 'error code=SPEC_MISMATCH message=.*has [0-9]* pruned, required' "$d/rogue.log" ||
+	fail "the client was not told which group is wrong: $(cat "$d/rogue.log")"
 wait_exit "$spid" 120
 [ "$rc" = 0 ] || fail "wrong-density round: server exit status $rc"
-grep -q 'msg="submission refused" identity=client3.*SPEC_MISMATCH' "$d/server.log" ||
-	fail "client3's wrong-density mask was not refused"
 grep -q '"accepted":[[:space:]]*2' "$d/out/round-1/report.json" ||
 	fail "wrong density: not 2 accepted"
-echo "ok 4 wrong-density submission refused; round completed with the other two"
+echo "ok 4 wrong-density submission refused ($(grep -m 1 "^error code" "$d/rogue.log")); round completed with the other two"

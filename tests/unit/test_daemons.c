@@ -124,8 +124,11 @@ static char *server_cfg(int port, bool insecure)
 {
 	return write_cfg("server.ini",
 			 "[server]\nlisten = 127.0.0.1\nport = %d\n[tls]\ncert = %s\nkey = %s\n"
-			 "ca = %s\ninsecure = %s\n[net]\nheartbeat = 200ms\nidle_timeout = 5s\n",
-			 port, pki.server_crt, pki.server_key, pki.ca, insecure ? "true" : "false");
+			 "ca = %s\ninsecure = %s\n[net]\nheartbeat = 200ms\nidle_timeout = 5s\n"
+			 "[round]\nmodel = %s/deploy/demo/model\nstate_dir = %s/server-state\n"
+			 "min_clients = 8\n",
+			 port, pki.server_crt, pki.server_key, pki.ca, insecure ? "true" : "false",
+			 FP_SOURCE_DIR, pki.dir);
 }
 
 static char *client_cfg(int port, const char *cn, int flags)
@@ -133,11 +136,13 @@ static char *client_cfg(int port, const char *cn, int flags)
 	char *crt, *key, *path;
 
 	fp_test_pki_issue(&pki, cn, cn, flags, &crt, &key);
-	path = write_cfg("client.ini",
-			 "[client]\nserver = 127.0.0.1\nport = %d\nreconnect_min = 50ms\n"
-			 "reconnect_max = 200ms\n[tls]\ncert = %s\nkey = %s\nca = %s\n[net]\n"
-			 "heartbeat = 200ms\nidle_timeout = 5s\n",
-			 port, crt, key, pki.ca);
+	path = write_cfg(
+		"client.ini",
+		"[client]\nserver = 127.0.0.1\nport = %d\nreconnect_min = 50ms\n"
+		"reconnect_max = 200ms\n[tls]\ncert = %s\nkey = %s\nca = %s\n[net]\n"
+		"heartbeat = 200ms\nidle_timeout = 5s\n[job]\nmodel = %s/deploy/demo/model\n"
+		"calib = %s/deploy/demo/data/client1.txt\nstate_dir = %s/client-state\n",
+		port, crt, key, pki.ca, FP_SOURCE_DIR, FP_SOURCE_DIR, pki.dir);
 	free(crt);
 	free(key);
 	return path;
