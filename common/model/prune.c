@@ -77,6 +77,12 @@ int fp_prune_check_opts(const struct fp_prune_opts *o, const struct fp_model_cfg
 
 	if ((unsigned)o->method >= FP_PRUNE_METHOD_COUNT)
 		return fp_err_detail(-EINVAL, "unknown pruning method %d", (int)o->method);
+	if (o->first_block >= cfg->nlayers)
+		return fp_err_detail(-EINVAL, "first block %u: the model has %u blocks",
+				     o->first_block, cfg->nlayers);
+	if ((o->first_block || o->num_blocks) && o->allocation != FP_SPARSITY_UNIFORM)
+		return fp_err_detail(-EINVAL, "a block range needs uniform allocation, not %s",
+				     fp_sparsity_scheme_name(o->allocation));
 	if (nm) {
 		if (!o->nm_n || !o->nm_m || o->nm_n > o->nm_m || o->nm_m > FP_SPARSEGPT_MAX_M)
 			return fp_err_detail(-EINVAL, "N:M pattern %u:%u: need 0 < N <= M <= %u",
@@ -378,6 +384,49 @@ out:
 	return r;
 }
 
+/*
+ * A block before the pruned range: apply the fixed masks (if any) and run it forward so its
+ * output is the next block's calibration input.
+ */
+static int pass_block(struct run *R, uint32_t i)
+{
+	const struct fp_prune_opts *o = R->o;
+	struct fp_block *blk = NULL;
+	double t1 = now();
+	int r;
+
+	r = fp_block_load(R->m, i, &blk);
+	if (r < 0)
+		goto out;
+	R->res->t.load += now() - t1;
+	if (o->fixed_mask) {
+		for (int w = 0; w < FP_LIN_COUNT; w++) {
+			size_t rows = blk->rows[w], cols = blk->cols[w];
+
+			r = o->fixed_mask(o->fixed_ctx, i, (enum fp_linear)w, R->mask[w],
+					  fp_mask_bytes(rows * cols));
+			if (r < 0)
+				goto out;
+			fp_mask_apply(blk->w[w], R->mask[w], rows, cols);
+		}
+	}
+	t1 = now();
+	r = fp_block_forward(R->m, blk, R->ds, R->a, R->b, NULL, NULL);
+	if (r < 0)
+		goto out;
+	R->res->t.seq_forward += now() - t1;
+	{
+		float *tmp = R->a;
+
+		R->a = R->b;
+		R->b = tmp;
+	}
+out:
+	fp_block_free(blk);
+	fp_block_release_source(R->m, i);
+	return r;
+}
+
 static int setup(struct run *R)
 {
 	const struct fp_model_cfg *c = R->cfg;
@@ -486,7 +535,14 @@ int fp_prune_run(struct fp_model *m, const struct fp_dataset *ds, const struct f
 		progress(&R, FP_PRUNE_PHASE_EMBED, 0, 0, 0);
 	}
 	fp_data_digest(R.ds, res->data_digest);
-	for (uint32_t i = 0; i < R.cfg->nlayers; i++) {
+	for (uint32_t i = 0; R.ds && i < o->first_block; i++) {
+		r = pass_block(&R, i);
+		if (r < 0)
+			goto out;
+	}
+	for (uint32_t i = o->first_block; i < R.cfg->nlayers; i++) {
+		if (o->num_blocks && i - o->first_block >= o->num_blocks)
+			break;
 		r = prune_block(&R, i, sink, sink_ctx);
 		if (r < 0)
 			goto out;

@@ -81,6 +81,21 @@ struct fp_prune_opts {
 	size_t sgpt_blocksize;	   /* columns per block (128) */
 	double sgpt_percdamp;	   /* damping fraction (0.01) */
 	unsigned sgpt_max_retries; /* retries with 10x damping (FP_SPARSEGPT_RETRIES) */
+	/*
+	 * Block range (iterative FedPrLLM, one round per block): prune only blocks
+	 * [first_block, first_block + num_blocks) (num_blocks 0 = to the last block). Blocks before
+	 * first_block are not pruned but, for the data methods, run forward to produce the
+	 * calibration input of first_block, with the masks fixed_mask supplies applied first (the
+	 * already published global masks; NULL = dense). Needs uniform allocation. Zero = the
+	 * whole model, as before.
+	 */
+	uint32_t first_block;
+	uint32_t num_blocks;
+	/* Fill bits (fp_mask_bytes(rows * cols) bytes) with the mask of linear lin of block
+	 * (< first_block); return 0 or a negative errno (aborts the run). */
+	int (*fixed_mask)(void *ctx, uint32_t block, enum fp_linear lin, uint8_t *bits,
+			  size_t nbytes);
+	void *fixed_ctx;
 	/* Called after each phase (may be NULL); runs on the calling thread. */
 	void (*progress)(void *ctx, const struct fp_prune_progress *p);
 	void *progress_ctx;

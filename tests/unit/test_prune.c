@@ -448,6 +448,90 @@ static void test_sequential(void **state)
 	seq_case(FP_PRUNE_SPARSEGPT);
 }
 
+/* Block range with fixed masks (iterative FedPrLLM): block b alone, its input computed through
+ * blocks < b pruned with given masks, equals block b of a sequential run with those masks. */
+struct range_cap {
+	struct cap *full; /* masks of the sequential run */
+	uint32_t block;	  /* the one block expected */
+	uint8_t *got[FP_LIN_COUNT];
+	int calls, fixed_calls;
+};
+
+static int range_fixed(void *ctx, uint32_t block, enum fp_linear lin, uint8_t *bits, size_t nbytes)
+{
+	struct range_cap *rc = ctx;
+
+	assert_true(block < rc->block);
+	memcpy(bits, rc->full->mask[(size_t)block * FP_LIN_COUNT + lin], nbytes);
+	rc->fixed_calls++;
+	return 0;
+}
+
+static int range_sink(void *ctx, const struct fp_prune_block *b)
+{
+	struct range_cap *rc = ctx;
+
+	assert_int_equal(b->index, rc->block);
+	for (int w = 0; w < FP_LIN_COUNT; w++) {
+		size_t n = fp_mask_bytes(b->mat[w]->rows * b->mat[w]->cols);
+
+		rc->got[w] = malloc(n);
+		assert_non_null(rc->got[w]);
+		memcpy(rc->got[w], b->mask[w], n);
+	}
+	rc->calls++;
+	return 0;
+}
+
+static void test_block_range(void **state)
+{
+	struct fp_prune_opts o;
+	struct fp_prune_result full, part;
+	struct cap c;
+	struct fx f;
+	uint32_t nl;
+
+	(void)state;
+	fx_open(&f, "llama_gqa");
+	nl = fp_model_config(f.m)->nlayers;
+	assert_true(nl >= 2);
+	fp_prune_opts_init(&o, FP_PRUNE_WANDA);
+	run_cap(&f, &o, &f.ds, &c, &full);
+	for (int with_masks = 1; with_masks >= 0; with_masks--) {
+		struct range_cap rc = { .full = &c, .block = nl - 1 };
+		size_t differ = 0;
+
+		o.first_block = nl - 1;
+		o.num_blocks = 1;
+		o.fixed_mask = with_masks ? range_fixed : NULL;
+		o.fixed_ctx = &rc;
+		assert_int_equal(fp_prune_run(f.m, &f.ds, &o, range_sink, &rc, &part), 0);
+		assert_int_equal(rc.calls, 1);
+		assert_int_equal(rc.fixed_calls, with_masks ? (int)(nl - 1) * FP_LIN_COUNT : 0);
+		for (int w = 0; w < FP_LIN_COUNT; w++) {
+			size_t idx = (size_t)(nl - 1) * FP_LIN_COUNT + (size_t)w;
+			size_t n = fp_mask_bytes(full.mats[idx].rows * full.mats[idx].cols);
+
+			differ += memcmp(rc.got[w], c.mask[idx], n) != 0;
+			free(rc.got[w]);
+		}
+		if (with_masks)
+			assert_int_equal(differ, 0); /* bit for bit the sequential run's block */
+		else
+			assert_true(differ > 0); /* dense inputs: not the same statistics */
+		fp_prune_result_done(&part);
+	}
+	/* out of range, and a range with non-uniform allocation, are refused */
+	o.first_block = nl;
+	assert_int_equal(fp_prune_run(f.m, &f.ds, &o, NULL, NULL, &part), -EINVAL);
+	o.first_block = 0;
+	o.allocation = FP_SPARSITY_GLOBAL;
+	assert_int_equal(fp_prune_run(f.m, &f.ds, &o, NULL, NULL, &part), -EINVAL);
+	cap_free(&c);
+	fp_prune_result_done(&full);
+	fx_close(&f);
+}
+
 /* Magnitude: no data needed, none used; the masks are the selection on |W| of the file. */
 static void test_magnitude_ignores_data(void **state)
 {
@@ -1277,11 +1361,17 @@ static void test_names(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),	   cmocka_unit_test(test_layer_of),
-		cmocka_unit_test(test_counts),	   cmocka_unit_test(test_wanda_vs_reference_stats),
-		cmocka_unit_test(test_sequential), cmocka_unit_test(test_magnitude_ignores_data),
-		cmocka_unit_test(test_allocation), cmocka_unit_test(test_write),
-		cmocka_unit_test(test_sharded),	   cmocka_unit_test(test_apply),
+		cmocka_unit_test(test_names),
+		cmocka_unit_test(test_layer_of),
+		cmocka_unit_test(test_counts),
+		cmocka_unit_test(test_wanda_vs_reference_stats),
+		cmocka_unit_test(test_sequential),
+		cmocka_unit_test(test_block_range),
+		cmocka_unit_test(test_magnitude_ignores_data),
+		cmocka_unit_test(test_allocation),
+		cmocka_unit_test(test_write),
+		cmocka_unit_test(test_sharded),
+		cmocka_unit_test(test_apply),
 		cmocka_unit_test(test_hostile),
 	};
 
