@@ -4,6 +4,7 @@
  */
 #include "aggregate.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -27,6 +28,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "err.h"
+#include "fileio.h"
 #include "hfout.h"
 #include "mask.h"
 #include "model.h"
@@ -2131,6 +2133,7 @@ struct run {
 	struct fp_st_model *model;
 	struct fp_mask_reader **rd;
 	struct fp_hfout *ho;
+	char *tmpdir; /* mask_only: the temporary output directory (owned) */
 	struct fp_mask_writer *wr;
 	struct fp_agg *agg;
 	struct fp_mask_info *decls; /* (cnt) the tensors, in mask file order */
@@ -2154,6 +2157,17 @@ static void run_free(struct run *x)
 {
 	fp_mask_writer_abort(x->wr);
 	fp_hfout_abort(x->ho);
+	if (x->tmpdir) {
+		char *p = NULL;
+
+		if (asprintf(&p, "%s/report.json", x->tmpdir) >= 0)
+			unlink(p);
+		free(p);
+		if (x->mask_path)
+			unlink(x->mask_path);
+		rmdir(x->tmpdir);
+		free(x->tmpdir);
+	}
 	fp_st_model_close(x->model);
 	if (x->rd)
 		for (size_t c = 0; c < x->N; c++)
@@ -2376,6 +2390,37 @@ static int report_tensor(struct run *x, struct jb *j, cJSON *tensors, size_t i,
 	return j->fail ? -ENOMEM : 0;
 }
 
+/* mask_only: OUT must not exist or be empty; create its temporary sibling OUT.tmp.XXXXXX. */
+static int mask_only_dir(const char *out, char **ret)
+{
+	DIR *d = opendir(out);
+	char *tmp = NULL;
+
+	if (d) {
+		struct dirent *de;
+		bool empty = true;
+
+		while ((de = readdir(d)))
+			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+				empty = false;
+		closedir(d);
+		if (!empty)
+			return fp_err_detail(-EEXIST, "%s: exists and is not empty", out);
+	} else if (errno != ENOENT) {
+		return fp_err_detail(-errno, "%s: %s", out, strerror(errno));
+	}
+	if (asprintf(&tmp, "%s.tmp.XXXXXX", out) < 0)
+		return -ENOMEM;
+	if (!mkdtemp(tmp)) {
+		int e = fp_err_detail(-errno, "%s: %s", tmp, strerror(errno));
+
+		free(tmp);
+		return e;
+	}
+	*ret = tmp;
+	return 0;
+}
+
 int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 {
 	struct run x = { .job = job };
@@ -2437,10 +2482,17 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 	nb = nb < 1 ? 1 : nb > N ? N : nb;
 	pairs = job->agreement && N >= 2 && N <= FP_AGG_MAX_PAIRS && nb == N;
 
-	r = fp_hfout_open(x.model, job->model_dir, job->out_dir, &x.ho);
-	if (r < 0)
-		goto out;
-	if (asprintf(&x.mask_path, "%s/mask.fpmask", fp_hfout_tmpdir(x.ho)) < 0) {
+	if (job->mask_only) {
+		r = mask_only_dir(job->out_dir, &x.tmpdir);
+		if (r < 0)
+			goto out;
+	} else {
+		r = fp_hfout_open(x.model, job->model_dir, job->out_dir, &x.ho);
+		if (r < 0)
+			goto out;
+	}
+	if (asprintf(&x.mask_path, "%s/mask.fpmask", x.tmpdir ? x.tmpdir : fp_hfout_tmpdir(x.ho)) <
+	    0) {
 		x.mask_path = NULL;
 		r = -ENOMEM;
 		goto out;
@@ -2509,6 +2561,10 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 		all_tied += st.tied;
 		all_tied_pruned += st.tied_pruned;
 		all_split += st.split_groups;
+		if (job->mask_only) {
+			fp_freep(&x.wout[i]);
+			continue;
+		}
 		/* every layer below the lowest one still to come is complete: write it */
 		for (size_t k = i + 1; k < cnt; k++)
 			upto = x.layer[k] < upto ? x.layer[k] : upto;
@@ -2533,8 +2589,8 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 	}
 	t_read += now() - t0;
 	t0 = now();
-	r = fp_hfout_finish(x.ho, model_fn, &x);
-	if (r == 0 && x.replaced != cnt)
+	r = job->mask_only ? 0 : fp_hfout_finish(x.ho, model_fn, &x);
+	if (r == 0 && !job->mask_only && x.replaced != cnt)
 		r = fp_err_detail(-EINVAL, "%s: %zu of %zu pruned tensors written", job->out_dir,
 				  x.replaced, cnt);
 	if (r == 0)
@@ -2586,7 +2642,7 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 		agreement_json(&j, bo, &x.blocks[b], N);
 	}
 	sk = jarr(&j, x.report, "files_not_copied");
-	for (size_t i = 0; sk && i < fp_hfout_skipped_count(x.ho); i++) {
+	for (size_t i = 0; sk && x.ho && i < fp_hfout_skipped_count(x.ho); i++) {
 		const char *why = NULL, *name = fp_hfout_skipped(x.ho, i, &why);
 		cJSON *e = jobj(&j, sk, NULL);
 
@@ -2599,11 +2655,24 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 	jnum(&j, tm, "select_seconds", t_select);
 	jnum(&j, tm, "write_seconds", t_write);
 	jnum(&j, tm, "total_seconds", now() - t_start);
-	r = j.fail ? -ENOMEM : fp_agg_report_write(fp_hfout_tmpdir(x.ho), x.report);
+	r = j.fail ? -ENOMEM
+		   : fp_agg_report_write(x.tmpdir ? x.tmpdir : fp_hfout_tmpdir(x.ho), x.report);
 	if (r < 0)
 		goto out;
-	r = fp_hfout_commit(x.ho);
-	x.ho = NULL;
+	if (job->mask_only) {
+		rmdir(job->out_dir); /* an empty one may exist; a non-empty one was refused */
+		if (rename(x.tmpdir, job->out_dir) < 0) {
+			r = fp_err_detail(-errno, "%s: rename to %s: %s", x.tmpdir, job->out_dir,
+					  strerror(errno));
+			goto out;
+		}
+		free(x.tmpdir);
+		x.tmpdir = NULL;
+		r = fp_fsync_parent(job->out_dir);
+	} else {
+		r = fp_hfout_commit(x.ho);
+		x.ho = NULL;
+	}
 	if (r < 0)
 		goto out;
 	if (ret_report) {

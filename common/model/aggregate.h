@@ -220,6 +220,8 @@ struct fp_agg_job {
 	bool require_all;	       /* every model.layers.*.{linear}.weight must be covered */
 	size_t batch_mem;	       /* bytes of client masks held at once (0: 512 MiB) */
 	const char *out_dir;	       /* must not exist, or be an empty directory */
+	bool mask_only; /* write only mask.fpmask and report.json, no model files (e.g. the
+			 * per-block rounds of iterative FedPrLLM) */
 };
 
 /*

@@ -8,6 +8,8 @@
  */
 #include "test.h"
 
+#include <dirent.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -22,6 +24,7 @@
 #include <cJSON.h>
 
 #include "aggregate.h"
+#include "fileio.h"
 #include "dtype.h"
 #include "err.h"
 #include "mask.h"
@@ -1088,6 +1091,47 @@ static void test_run_files(void **state)
 		struct fp_agg_job job = fix_job(&f, FP_GROUP_LAYER, FP_AGG_TIE_MAGNITUDE);
 
 		assert_int_equal(fp_agg_run(&job, NULL), -EEXIST);
+	}
+	/* mask_only: the same mask file, and only the mask and the report (no model files) */
+	{
+		struct fp_agg_job job = fix_job(&f, FP_GROUP_LAYER, FP_AGG_TIE_MAGNITUDE);
+		char *full = NULL, *only = NULL, *a, *b;
+		size_t la, lb, nfiles = 0;
+		struct dirent *de;
+		DIR *d;
+
+		fp_test_rmtree(f.out);
+		assert_int_equal(fp_agg_run(&job, NULL), 0);
+		assert_true(asprintf(&full, "%s.full", f.out) > 0);
+		assert_int_equal(rename(f.out, full), 0);
+		job.mask_only = true;
+		assert_int_equal(fp_agg_run(&job, NULL), 0);
+		d = opendir(f.out);
+		assert_non_null(d);
+		while ((de = readdir(d)))
+			if (de->d_name[0] != '.') {
+				nfiles++;
+				assert_true(strcmp(de->d_name, "mask.fpmask") == 0 ||
+					    strcmp(de->d_name, "report.json") == 0);
+			}
+		closedir(d);
+		assert_int_equal(nfiles, 2);
+		assert_true(asprintf(&only, "%s/mask.fpmask", f.out) > 0);
+		free(full);
+		assert_true(asprintf(&full, "%s.full/mask.fpmask", f.out) > 0);
+		assert_int_equal(fp_read_file(full, 1u << 20, &a, &la), 0);
+		assert_int_equal(fp_read_file(only, 1u << 20, &b, &lb), 0);
+		assert_int_equal(la, lb);
+		assert_memory_equal(a, b, la);
+		/* an existing non-empty OUT is refused here too */
+		assert_int_equal(fp_agg_run(&job, NULL), -EEXIST);
+		free(a);
+		free(b);
+		free(only);
+		free(full);
+		assert_true(asprintf(&full, "%s.full", f.out) > 0);
+		fp_test_rmtree(full);
+		free(full);
 	}
 	fix_free(&f);
 }
