@@ -40,6 +40,7 @@ struct server_cfg {
 static const char *const method_names[] = { "magnitude", "wanda", "sparsegpt", NULL };
 static const char *const group_names[] = { "row", "layer", "column", NULL };
 static const char *const tie_names[] = { "magnitude", "index", "random", NULL };
+static const char *const mode_names[] = { "oneshot", "iterative", NULL };
 
 #define R(field) offsetof(struct server_cfg, round.field)
 
@@ -73,6 +74,9 @@ static const struct fp_cfg_key server_keys[] = {
 	  .max = 4096, .help = "journal, round specifications and accepted submissions" },
 	{ "round", "output", FP_CFG_STR, R(output), .def = "", .max = 4096,
 	  .help = "where round-<id>/ results are published (empty: <state_dir>/published)" },
+	{ "round", "mode", FP_CFG_ENUM, R(mode), .def = "oneshot", .choices = mode_names,
+	  .help = "oneshot: one round prunes every block; iterative: one round per block, "
+		  "clients computing each block's input through the published pruned blocks" },
 	{ "round", "method", FP_CFG_ENUM, R(method), .def = "wanda", .choices = method_names,
 	  .help = "local pruner the clients run" },
 	{ "round", "sparsity", FP_CFG_DOUBLE, R(sparsity), .def = "0.5", .dmin = 0, .dmax = 1,

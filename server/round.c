@@ -69,6 +69,14 @@ enum phase {
 static const char *const phase_names[] = { "waiting",	"collecting", "aggregating",
 					   "published", "done",	      "failed" };
 
+/* A published global mask, open for serving. */
+struct result {
+	uint64_t id; /* its round; 0 = none */
+	struct fp_mask_reader *mr;
+	int fd;
+	uint8_t digest[FP_DIGEST_BYTES]; /* fp_submission_digest over its tensors */
+};
+
 /* One client identity over the whole round (outlives its sessions). */
 struct rclient {
 	char id[FP_ID_MAX + 1];
@@ -124,15 +132,20 @@ struct fp_round {
 	/* restored from the journal */
 	bool restored_aggregate; /* an "aggregate" record: rerun it */
 	/* the published result */
-	char *out_dir; /* <output>/round-<id> */
-	struct fp_mask_reader *res;
-	int res_fd;
-	uint8_t result_digest[FP_DIGEST_BYTES];
+	char *out_dir; /* <output>/round-<id> (iterative, after the last round: <output>/final) */
+	struct result cur; /* the current round's result once published */
+	struct result old; /* another round's, for late downloads (iterative) */
+	/* iterative FedPrLLM: one round per decoder block */
+	bool iterative;
+	uint32_t nblocks;
+	bool final_done; /* the final model (every block's mask) is built */
 	uint64_t publish_ms;
 	double agg_seconds;
 	/* crash test hook (docs/development.md): SIGKILL itself after this many chunks */
 	uint64_t kill_after, chunks_seen;
 };
+
+static struct result *result_get(struct fp_round *r, uint64_t id);
 
 static uint64_t unix_ms(void)
 {
@@ -403,8 +416,12 @@ static enum fp_agg_tie tie_from_proto(Fedprune__TieBreak t)
 static int spec_index(struct fp_round *r, const struct fp_model_cfg *mc)
 {
 	Fedprune__RoundSpec *sp = r->spec;
-	size_t want = (size_t)mc->nlayers * FP_LIN_COUNT;
+	size_t want = sp->iterative ? FP_LIN_COUNT : (size_t)mc->nlayers * FP_LIN_COUNT;
+	size_t base = sp->iterative ? (size_t)sp->block * FP_LIN_COUNT : 0;
 
+	if (sp->iterative && sp->block >= mc->nlayers)
+		return fp_err_detail(-EINVAL, "round spec: block %u, the model has %u", sp->block,
+				     mc->nlayers);
 	if (sp->n_tensors != want)
 		return fp_err_detail(-EINVAL, "round spec lists %zu tensors, the model has %zu",
 				     sp->n_tensors, want);
@@ -420,7 +437,8 @@ static int spec_index(struct fp_round *r, const struct fp_model_cfg *mc)
 
 		fp_linear_shape(mc, (enum fp_linear)(i % FP_LIN_COUNT), &rows, &cols);
 		snprintf(want_name, sizeof(want_name), "model.layers.%zu.%s.weight",
-			 i / FP_LIN_COUNT, fp_linear_name((enum fp_linear)(i % FP_LIN_COUNT)));
+			 (base + i) / FP_LIN_COUNT,
+			 fp_linear_name((enum fp_linear)(i % FP_LIN_COUNT)));
 		if (strcmp(want_name, r->names[i]) != 0)
 			return fp_err_detail(-EINVAL,
 					     "round spec tensor %zu is '%s', expected '%s'", i,
@@ -436,7 +454,8 @@ static int spec_build(struct fp_round *r, const struct fp_model_cfg *mc, uint64_
 		      Fedprune__RoundSpec **ret)
 {
 	Fedprune__RoundSpec *sp = calloc(1, sizeof(*sp));
-	size_t n = (size_t)mc->nlayers * FP_LIN_COUNT;
+	size_t n = r->iterative ? FP_LIN_COUNT : (size_t)mc->nlayers * FP_LIN_COUNT;
+	size_t base = r->iterative ? (size_t)(id - 1) * FP_LIN_COUNT : 0;
 	unsigned nm_n = 0, nm_m = 0;
 
 	if (!sp)
@@ -468,8 +487,10 @@ static int spec_build(struct fp_round *r, const struct fp_model_cfg *mc, uint64_
 	sp->weight_by_tokens = r->cfg.weight_by_tokens;
 	sp->weight_scaling = r->cfg.weight_scaling;
 	sp->capacity = 1.0;
+	sp->iterative = r->iterative;
+	sp->block = r->iterative ? (uint32_t)(id - 1) : 0;
 	for (size_t i = 0; i < n; i++) {
-		sp->tensors[i] = path_of("model.layers.%zu.%s.weight", i / FP_LIN_COUNT,
+		sp->tensors[i] = path_of("model.layers.%zu.%s.weight", (base + i) / FP_LIN_COUNT,
 					 fp_linear_name((enum fp_linear)(i % FP_LIN_COUNT)));
 		if (!sp->tensors[i])
 			goto nomem;
@@ -558,25 +579,26 @@ static int send_spec(struct fp_round *r, struct rclient *c)
 	return err;
 }
 
-static int send_offer(struct fp_round *r, struct rclient *c)
+static int send_offer(struct fp_round *r, struct rclient *c, const struct result *res)
 {
 	Fedprune__Envelope e = FEDPRUNE__ENVELOPE__INIT;
 	Fedprune__ResultOffer o = FEDPRUNE__RESULT_OFFER__INIT;
-	size_t n = fp_mask_reader_count(r->res);
+	size_t n;
 	char **names;
 	int err;
 
-	if (!c->s || !c->s->conn)
+	if (!c->s || !c->s->conn || !res || !res->mr)
 		return 0;
+	n = fp_mask_reader_count(res->mr);
 	names = fp_callocarray(n, sizeof(*names));
 	if (!names)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++)
-		names[i] = (char *)fp_mask_reader_info(r->res, i)->name;
-	o.round_id = r->id;
+		names[i] = (char *)fp_mask_reader_info(res->mr, i)->name;
+	o.round_id = res->id;
 	o.tensors = names;
 	o.n_tensors = n;
-	o.result_digest.data = r->result_digest;
+	o.result_digest.data = (uint8_t *)res->digest;
 	o.result_digest.len = FP_DIGEST_BYTES;
 	e.version = FP_PROTO_VERSION;
 	e.msg_case = FEDPRUNE__ENVELOPE__MSG_RESULT_OFFER;
@@ -604,6 +626,7 @@ static void timer_at(struct fp_round *r, uint64_t delay_ms)
 static void round_begin(struct fp_round *r, const struct fp_model_cfg *mc)
 {
 	Fedprune__RoundSpec *sp = NULL;
+	char blk[24] = "all";
 	int e;
 
 	r->id++;
@@ -612,7 +635,14 @@ static void round_begin(struct fp_round *r, const struct fp_model_cfg *mc)
 		round_fail(r, "cannot build the round spec: %s", fp_strerror(e));
 		return;
 	}
+	if (r->spec)
+		fedprune__round_spec__free_unpacked(r->spec, NULL);
+	free(r->rows);
+	free(r->cols);
+	r->rows = r->cols = NULL;
 	r->spec = sp;
+	free(r->out_dir);
+	r->out_dir = path_of("%s/round-%" PRIu64, r->cfg.output, r->id);
 	e = spec_index(r, mc);
 	r->start_ms = unix_ms();
 	r->deadline_ms = r->start_ms + r->cfg.deadline_ms;
@@ -626,11 +656,14 @@ static void round_begin(struct fp_round *r, const struct fp_model_cfg *mc)
 		return;
 	}
 	r->phase = PH_COLLECT;
+	if (r->iterative)
+		snprintf(blk, sizeof(blk), "%u", r->spec->block);
 	fp_log_info("round started",
-		    "round=%" PRIu64 " clients=%zu method=%s sparsity=%g "
+		    "round=%" PRIu64 " block=%s clients=%zu method=%s sparsity=%g "
 		    "local_group=%s group=%s tie_break=%s deadline_s=%.0f",
-		    r->id, connected(r), fp_prune_method_name((enum fp_prune_method)r->cfg.method),
-		    r->spec->sparsity, fp_group_name((enum fp_group)r->cfg.local_group),
+		    r->id, blk, connected(r),
+		    fp_prune_method_name((enum fp_prune_method)r->cfg.method), r->spec->sparsity,
+		    fp_group_name((enum fp_group)r->cfg.local_group),
 		    fp_group_name((enum fp_group)r->cfg.group),
 		    fp_agg_tie_name((enum fp_agg_tie)r->cfg.tie_break), r->cfg.deadline_ms / 1e3);
 	timer_at(r, r->cfg.deadline_ms);
@@ -693,6 +726,38 @@ static void maybe_close(struct fp_round *r, bool deadline)
 			    r->id, r->naccepted, np, r->cfg.grace_ms / 1e3);
 		timer_at(r, r->cfg.grace_ms < left ? r->cfg.grace_ms : left);
 	}
+}
+
+/* Forget the per-round state of every client (a new round of an iterative job). */
+static void round_reset(struct fp_round *r)
+{
+	for (size_t i = 0; i < r->ncl; i++) {
+		struct rclient *c = r->cl[i];
+
+		client_close_part(c);
+		c->got_spec = c->declined = c->accepted = c->evaluated = false;
+		c->reject_code = 0;
+		c->reject[0] = '\0';
+		c->tokens = 0;
+		c->seconds = 0;
+	}
+	r->naccepted = 0;
+	r->grace_on = false;
+	r->want_aggregate = false;
+	r->restored_aggregate = false;
+}
+
+/* Iterative: the next block's round, right after the previous one was published. */
+static void next_round(struct fp_round *r)
+{
+	struct fp_model_cfg mc;
+
+	round_reset(r);
+	if (model_cfg(r, &mc) < 0) {
+		round_fail(r, "%s", fp_err_last());
+		return;
+	}
+	round_begin(r, &mc);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -1191,6 +1256,8 @@ static void on_welcome(struct fp_srv *srv, struct fp_session *s)
 		maybe_start(r);
 		break;
 	case PH_COLLECT:
+		if (r->iterative && r->id > 1)
+			send_offer(r, c, result_get(r, r->id - 1)); /* the blocks before this one */
 		if (!c->declined)
 			send_spec(r, c);
 		break;
@@ -1198,7 +1265,7 @@ static void on_welcome(struct fp_srv *srv, struct fp_session *s)
 	case PH_DONE:
 		if (c->accepted) {
 			send_spec(r, c);
-			send_offer(r, c);
+			send_offer(r, c, &r->cur);
 		}
 		break;
 	default:
@@ -1282,7 +1349,9 @@ static void agg_free(struct agg_work *aw)
 }
 
 static int publish_open(struct fp_round *r);
+static struct result *result_get(struct fp_round *r, uint64_t id);
 static void publish_report(struct fp_round *r, struct agg_work *aw);
+static void after_publish(struct fp_round *r);
 
 static void agg_done(uv_work_t *w, int status)
 {
@@ -1306,7 +1375,7 @@ static void agg_done(uv_work_t *w, int status)
 	e = publish_open(r);
 	if (e == 0) {
 		publish_report(r, aw);
-		hex32(hex, r->result_digest);
+		hex32(hex, r->cur.digest);
 		e = journal(r, "published %" PRIu64 " %s", r->id, hex);
 	}
 	agg_free(aw);
@@ -1320,10 +1389,192 @@ static void agg_done(uv_work_t *w, int status)
 		    "round=%" PRIu64 " dir=%s clients=%zu "
 		    "aggregation_s=%.3f",
 		    r->id, fp_q(r->out_dir), r->naccepted, r->agg_seconds);
+	after_publish(r);
+}
+
+/* ---- iterative: the final model once every block has its global mask ---- */
+
+struct final_work {
+	uv_work_t w;
+	struct fp_round *r;
+	char *dir; /* <output>/final */
+	int err;
+	char why[FP_TEXT_MAX + 1];
+};
+
+/* Merge the per-block masks of rounds 1..n into one set (the blocks in order). */
+static int final_masks(const struct fp_round *r, uint64_t n, struct fp_mask_set **ret)
+{
+	struct fp_mask_set *all = calloc(1, sizeof(*all));
+	int e = 0;
+
+	if (!all)
+		return -ENOMEM;
+	all->info = fp_callocarray(n * FP_LIN_COUNT, sizeof(*all->info));
+	all->bits = fp_callocarray(n * FP_LIN_COUNT, sizeof(*all->bits));
+	if (!all->info || !all->bits) {
+		fp_mask_set_free(all);
+		return -ENOMEM;
+	}
+	for (uint64_t id = 1; e == 0 && id <= n; id++) {
+		char *p = path_of("%s/round-%" PRIu64 "/%s", r->cfg.output, id, FP_PRUNE_MASK_FILE);
+		struct fp_mask_set *one = NULL;
+
+		e = p ? fp_mask_set_load(p, &one) : -ENOMEM;
+		for (size_t i = 0; e == 0 && i < one->count; i++) {
+			if (all->count == n * FP_LIN_COUNT) {
+				e = fp_err_detail(-EINVAL, "%s: more tensors than one block", p);
+				break;
+			}
+			/* move tensor i of round id into the merged set (names copied) */
+			all->info[all->count] = one->info[i];
+			all->info[all->count].name = strdup(one->info[i].name);
+			all->bits[all->count] = one->bits[i];
+			one->bits[i] = NULL;
+			if (!all->info[all->count].name)
+				e = -ENOMEM;
+			all->count++;
+		}
+		fp_mask_set_free(one);
+		free(p);
+	}
+	if (e < 0) {
+		fp_mask_set_free(all);
+		return e;
+	}
+	*ret = all;
+	return 0;
+}
+
+static void final_run(uv_work_t *w)
+{
+	struct final_work *fw = w->data;
+	struct fp_round *r = fw->r;
+	struct fp_mask_set *ms = NULL;
+	struct fp_mask_writer *mw = NULL;
+	struct fp_hfout_apply_stats st = { 0 };
+	cJSON *rep = cJSON_CreateObject(), *rounds = cJSON_AddArrayToObject(rep, "rounds");
+	char *mpath = path_of("%s/%s", fw->dir, FP_PRUNE_MASK_FILE);
+	int e;
+
+	rm_flat_dir(fw->dir); /* a build a crash interrupted (this directory is ours) */
+	e = mpath && rep ? final_masks(r, r->id, &ms) : -ENOMEM;
+	if (e == 0)
+		e = fp_hfout_apply_mask(r->cfg.model, ms, "global mask", fw->dir, &st);
+	if (e == 0)
+		e = fp_mask_writer_open(mpath, ms->info, ms->count, &mw);
+	for (size_t i = 0; e == 0 && i < ms->count; i++)
+		e = fp_mask_writer_add(mw, ms->bits[i], ms->info[i].nbytes);
+	if (e == 0) {
+		e = fp_mask_writer_close(mw);
+		mw = NULL;
+	}
+	for (uint64_t id = 1; e == 0 && id <= r->id; id++) {
+		char *p =
+			path_of("%s/round-%" PRIu64 "/%s", r->cfg.output, id, FP_PRUNE_REPORT_FILE);
+		char *buf = NULL;
+		size_t len = 0;
+		cJSON *one = NULL;
+
+		if (p && fp_read_file(p, 256u << 20, &buf, &len) == 0)
+			one = cJSON_ParseWithLength(buf, len);
+		cJSON_AddItemToArray(rounds, one ? one : cJSON_CreateNull());
+		free(buf);
+		free(p);
+	}
+	if (e == 0) {
+		cJSON *ov = cJSON_AddObjectToObject(rep, "overall");
+
+		cJSON_AddNumberToObject(rep, "fedprune_iterative_report", 1);
+		cJSON_AddNumberToObject(ov, "blocks", (double)r->id);
+		cJSON_AddNumberToObject(ov, "tensors", (double)st.masked);
+		cJSON_AddNumberToObject(ov, "weights", (double)st.numel);
+		cJSON_AddNumberToObject(ov, "pruned", (double)st.pruned);
+		cJSON_AddNumberToObject(ov, "sparsity",
+					st.numel ? (double)st.pruned / (double)st.numel : 0.0);
+		e = fp_agg_report_write(fw->dir, rep);
+	}
+	if (mw)
+		fp_mask_writer_abort(mw);
+	if (e < 0)
+		snprintf(fw->why, sizeof(fw->why), "%s", fp_err_last());
+	fw->err = e;
+	fp_mask_set_free(ms);
+	cJSON_Delete(rep);
+	free(mpath);
+}
+
+static void offer_all(struct fp_round *r)
+{
 	for (size_t i = 0; i < r->ncl; i++)
 		if (r->cl[i]->accepted)
-			send_offer(r, r->cl[i]);
-	timer_at(r, r->cfg.eval_ms);
+			send_offer(r, r->cl[i], &r->cur);
+}
+
+static void final_done(uv_work_t *w, int status)
+{
+	struct final_work *fw = w->data;
+	struct fp_round *r = fw->r;
+
+	r->inflight--;
+	if (r->stopping) {
+		free(fw->dir);
+		free(fw);
+		round_release(r);
+		return;
+	}
+	if (status < 0 || fw->err < 0) {
+		round_fail(r, "cannot build the final model: %s",
+			   status < 0 ? "cancelled" : fw->why);
+	} else if (journal(r, "final %" PRIu64, r->id) < 0) {
+		round_fail(r, "cannot journal the final model: %s", fp_err_last());
+	} else {
+		r->final_done = true;
+		free(r->out_dir);
+		r->out_dir = fw->dir;
+		fw->dir = NULL;
+		fp_log_info("final model published", "rounds=%" PRIu64 " dir=%s", r->id,
+			    fp_q(r->out_dir));
+		offer_all(r);
+		timer_at(r, r->cfg.eval_ms);
+	}
+	free(fw->dir);
+	free(fw);
+}
+
+static void final_start(struct fp_round *r)
+{
+	struct final_work *fw = calloc(1, sizeof(*fw));
+
+	if (!fw || !(fw->dir = path_of("%s/final", r->cfg.output))) {
+		free(fw);
+		round_fail(r, "out of memory");
+		return;
+	}
+	fw->w.data = fw;
+	fw->r = r;
+	fp_log_info("building the final model", "rounds=%" PRIu64 " dir=%s", r->id, fp_q(fw->dir));
+	if (uv_queue_work(&r->d->loop, &fw->w, final_run, final_done) < 0) {
+		free(fw->dir);
+		free(fw);
+		round_fail(r, "cannot queue the final model");
+		return;
+	}
+	r->inflight++;
+}
+
+/* A round's result is published: offer it, then go on (next block, final model, evaluation). */
+static void after_publish(struct fp_round *r)
+{
+	if (r->iterative && r->spec->block + 1 < r->nblocks) {
+		offer_all(r);
+		next_round(r);
+	} else if (r->iterative && !r->final_done) {
+		final_start(r); /* offers once the final model is there */
+	} else {
+		offer_all(r);
+		timer_at(r, r->cfg.eval_ms);
+	}
 }
 
 static void aggregate_start(struct fp_round *r)
@@ -1383,7 +1634,8 @@ static void aggregate_start(struct fp_round *r)
 	aw->job.opts.seed = r->spec->seed;
 	aw->job.scale = r->spec->weight_scaling;
 	aw->job.agreement = true;
-	aw->job.require_all = true;
+	aw->job.require_all = !r->iterative;
+	aw->job.mask_only = r->iterative; /* the final model is built after the last block */
 	aw->job.out_dir = r->out_dir;
 	fp_log_info("aggregating", "round=%" PRIu64 " clients=%zu group=%s tie_break=%s out=%s",
 		    r->id, n, fp_group_name(aw->job.opts.group), fp_agg_tie_name(aw->job.opts.tie),
@@ -1405,33 +1657,37 @@ fail:
 		   e == -ENOMEM ? "out of memory" : fp_err_last());
 }
 
-/* Open the published mask for serving and compute the result digest. */
-static int publish_open(struct fp_round *r)
+static void result_close(struct result *res)
 {
-	char *p = path_of("%s/%s", r->out_dir, FP_PRUNE_MASK_FILE);
-	size_t n;
+	fp_mask_reader_free(res->mr);
+	if (res->fd >= 0)
+		close(res->fd);
+	res->mr = NULL;
+	res->fd = -1;
+	res->id = 0;
+}
+
+/* Open dir/mask.fpmask as the result of round id and compute its digest. */
+static int result_open(struct result *res, const char *dir, uint64_t id)
+{
+	char *p = path_of("%s/%s", dir, FP_PRUNE_MASK_FILE);
 	const char **names = NULL;
 	uint8_t(*dg)[FP_DIGEST_BYTES] = NULL;
+	size_t n;
 	int e;
 
+	result_close(res);
 	if (!p)
 		return -ENOMEM;
-	if (r->res) {
-		fp_mask_reader_free(r->res);
-		r->res = NULL;
-	}
-	if (r->res_fd >= 0)
-		close(r->res_fd);
-	r->res_fd = -1;
-	e = fp_mask_reader_open(p, &r->res);
+	e = fp_mask_reader_open(p, &res->mr);
 	if (e < 0)
 		goto out;
-	r->res_fd = open(p, O_RDONLY | O_CLOEXEC);
-	if (r->res_fd < 0) {
+	res->fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (res->fd < 0) {
 		e = fp_err_detail(-errno, "%s: %s", p, strerror(errno));
 		goto out;
 	}
-	n = fp_mask_reader_count(r->res);
+	n = fp_mask_reader_count(res->mr);
 	names = fp_callocarray(n, sizeof(*names));
 	dg = fp_callocarray(n, sizeof(*dg));
 	if (!names || !dg) {
@@ -1439,20 +1695,58 @@ static int publish_open(struct fp_round *r)
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const struct fp_mask_info *in = fp_mask_reader_info(r->res, i);
+		const struct fp_mask_info *in = fp_mask_reader_info(res->mr, i);
 
 		names[i] = in->name;
-		if (pread(r->res_fd, dg[i], FP_DIGEST_BYTES, (off_t)(in->offset + in->nbytes)) !=
+		if (pread(res->fd, dg[i], FP_DIGEST_BYTES, (off_t)(in->offset + in->nbytes)) !=
 		    FP_DIGEST_BYTES) {
 			e = fp_err_detail(-EIO, "%s: short read", p);
 			goto out;
 		}
 	}
-	e = fp_submission_digest(names, (const uint8_t(*)[FP_DIGEST_BYTES])dg, n, r->result_digest);
+	e = fp_submission_digest(names, (const uint8_t(*)[FP_DIGEST_BYTES])dg, n, res->digest);
+	if (e == 0)
+		res->id = id;
 out:
+	if (e < 0)
+		result_close(res);
 	free(names);
 	free(dg);
 	free(p);
+	return e;
+}
+
+/* The published result of round id (the current one, or another of an iterative job), or
+ * NULL. */
+static struct result *result_get(struct fp_round *r, uint64_t id)
+{
+	char *dir;
+
+	if (r->cur.id == id)
+		return &r->cur;
+	if (r->old.id == id)
+		return &r->old;
+	if (!r->iterative || id == 0 || id >= r->id)
+		return NULL;
+	dir = path_of("%s/round-%" PRIu64, r->cfg.output, id);
+	if (!dir || result_open(&r->old, dir, id) < 0) {
+		free(dir);
+		return NULL;
+	}
+	free(dir);
+	return &r->old;
+}
+
+/* Open the current round's published mask for serving. */
+static int publish_open(struct fp_round *r)
+{
+	char *dir = path_of("%s/round-%" PRIu64, r->cfg.output, r->id);
+	int e;
+
+	if (!dir)
+		return -ENOMEM;
+	e = result_open(&r->cur, dir, r->id);
+	free(dir);
 	return e;
 }
 
@@ -1498,7 +1792,7 @@ static void publish_report(struct fp_round *r, struct agg_work *aw)
 	cJSON_AddNumberToObject(ro, "quorum", quorum(r));
 	cJSON_AddNumberToObject(ro, "collect_seconds", (unix_ms() - r->start_ms) / 1e3);
 	cJSON_AddNumberToObject(ro, "aggregate_seconds", r->agg_seconds);
-	hex32(hex, r->result_digest);
+	hex32(hex, r->cur.digest);
 	cJSON_AddStringToObject(ro, "result_digest", hex);
 	cl = cJSON_AddArrayToObject(ro, "clients");
 	for (size_t i = 0; i < r->ncl; i++) {
@@ -1534,18 +1828,20 @@ static int h_result_request(struct fp_srv *srv, struct fp_session *s, const Fedp
 	const struct fp_mask_info *in;
 	uint8_t dg[FP_DIGEST_BYTES], *buf;
 	uint64_t shape[FP_MASK_MAX_DIMS];
+	struct result *res = NULL;
 	size_t len;
 	long i;
 	int err;
 
-	if ((r->phase != PH_PUBLISHED && r->phase != PH_DONE) || rq->round_id != r->id || !r->res)
+	res = result_get(r, rq->round_id);
+	if (!res)
 		return fp_session_error(s, C(OUT_OF_ORDER), false,
 					"round %" PRIu64 " has no published result", rq->round_id);
-	i = fp_mask_reader_find(r->res, rq->tensor);
+	i = fp_mask_reader_find(res->mr, rq->tensor);
 	if (i < 0)
 		return fp_session_error(s, C(BAD_MESSAGE), false,
 					"tensor '%s' is not in the result", rq->tensor);
-	in = fp_mask_reader_info(r->res, (size_t)i);
+	in = fp_mask_reader_info(res->mr, (size_t)i);
 	if (rq->offset >= in->nbytes)
 		return fp_session_error(s, C(BAD_MESSAGE), false,
 					"tensor '%s': offset %" PRIu64 " is past its %" PRIu64
@@ -1556,11 +1852,11 @@ static int h_result_request(struct fp_srv *srv, struct fp_session *s, const Fedp
 	buf = malloc(len);
 	if (!buf)
 		return -ENOMEM;
-	if (pread(r->res_fd, buf, len, (off_t)(in->offset + rq->offset)) != (ssize_t)len) {
+	if (pread(res->fd, buf, len, (off_t)(in->offset + rq->offset)) != (ssize_t)len) {
 		free(buf);
 		return fp_err_detail(-EIO, "cannot read the published mask");
 	}
-	ch.round_id = r->id;
+	ch.round_id = res->id;
 	ch.tensor = (char *)in->name;
 	ch.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS;
 	if (rq->offset == 0) {
@@ -1574,7 +1870,7 @@ static int h_result_request(struct fp_srv *srv, struct fp_session *s, const Fedp
 	ch.data.len = len;
 	ch.total_bytes = in->nbytes;
 	if (rq->offset + len == in->nbytes) {
-		if (pread(r->res_fd, dg, sizeof(dg), (off_t)(in->offset + in->nbytes)) !=
+		if (pread(res->fd, dg, sizeof(dg), (off_t)(in->offset + in->nbytes)) !=
 		    (ssize_t)sizeof(dg)) {
 			free(buf);
 			return fp_err_detail(-EIO, "cannot read the published mask");
@@ -1727,6 +2023,7 @@ static int replay_record(void *ud, const char *text, size_t lineno)
 		r->start_ms = a;
 		r->deadline_ms = b;
 		r->phase = PH_COLLECT;
+		round_reset(r);
 		return 0;
 	}
 	if (round != r->id)
@@ -1746,8 +2043,7 @@ static int replay_record(void *ud, const char *text, size_t lineno)
 		r->phase = PH_AGGREGATING;
 		r->restored_aggregate = true;
 	} else if (strcmp(kind, "published") == 0) {
-		if (sscanf(text, "published %*u %64s", hex) != 1 ||
-		    unhex32(r->result_digest, hex) < 0)
+		if (sscanf(text, "published %*u %64s", hex) != 1 || unhex32(r->cur.digest, hex) < 0)
 			goto bad;
 		r->phase = PH_PUBLISHED;
 		r->restored_aggregate = false;
@@ -1761,6 +2057,10 @@ static int replay_record(void *ud, const char *text, size_t lineno)
 		c->ppl = x;
 		c->eval_tokens = a;
 		c->dense_ppl = y;
+	} else if (strcmp(kind, "final") == 0) {
+		if (!r->iterative || r->phase != PH_PUBLISHED)
+			goto bad;
+		r->final_done = true;
 	} else if (strcmp(kind, "done") == 0) {
 		r->phase = PH_DONE;
 	} else {
@@ -1787,7 +2087,7 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 	r->d = d;
 	r->cfg = *cfg;
 	r->cfg.output = NULL; /* an owned copy below */
-	r->res_fd = -1;
+	r->cur.fd = r->old.fd = -1;
 	uv_mutex_init(&r->jlock);
 	if (getenv("FP_TEST_KILL_AFTER_CHUNKS") &&
 	    fp_parse_u64(getenv("FP_TEST_KILL_AFTER_CHUNKS"), 1, UINT64_MAX, &r->kill_after) < 0)
@@ -1820,6 +2120,8 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 	e = model_cfg(r, &mc);
 	if (e < 0)
 		goto fail;
+	r->iterative = cfg->mode == FP_ROUND_ITERATIVE;
+	r->nblocks = mc.nlayers;
 	if (m && (mc.hidden % m || mc.intermediate % m)) {
 		e = fp_err_detail(-EINVAL,
 				  "[round] pattern %u:%u: the model's input dimensions "
@@ -1842,6 +2144,15 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 			e = spec_index(r, &mc);
 		if (e < 0)
 			goto fail;
+		if (r->spec->iterative != r->iterative) {
+			e = fp_err_detail(-EINVAL,
+					  "%s: round %" PRIu64
+					  " was started in %s mode, [round] mode "
+					  "says otherwise",
+					  cfg->state_dir, r->id,
+					  r->spec->iterative ? "iterative" : "one-shot");
+			goto fail;
+		}
 		if (r->spec->model_digest.len != FP_DIGEST_BYTES ||
 		    memcmp(r->spec->model_digest.data, r->model_digest, FP_DIGEST_BYTES) != 0) {
 			e = fp_err_detail(-EINVAL,
@@ -1850,7 +2161,8 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 					  cfg->state_dir, r->id, cfg->model);
 			goto fail;
 		}
-		r->out_dir = path_of("%s/round-%" PRIu64, r->cfg.output, r->id);
+		r->out_dir = r->final_done ? path_of("%s/final", r->cfg.output)
+					   : path_of("%s/round-%" PRIu64, r->cfg.output, r->id);
 		fp_log_info("state restored",
 			    "state_dir=%s round=%" PRIu64 " phase=%s accepted=%zu",
 			    fp_q(cfg->state_dir), r->id, phase_names[r->phase], r->naccepted);
@@ -1890,7 +2202,6 @@ int fp_round_attach(struct fp_round *r, struct fp_srv *srv)
 		r->out_dir = path_of("%s/round-%" PRIu64, r->cfg.output, r->id);
 	switch (r->phase) {
 	case PH_WAIT:
-		r->out_dir = path_of("%s/round-%" PRIu64, r->cfg.output, r->id + 1);
 		fp_log_info("waiting for clients", "min_clients=%u wait_s=%.0f", r->cfg.min_clients,
 			    r->cfg.wait_ms / 1e3);
 		timer_at(r, r->cfg.wait_ms);
@@ -1910,12 +2221,12 @@ int fp_round_attach(struct fp_round *r, struct fp_srv *srv)
 			/* published before the crash, the journal record was lost */
 			char hex[2 * FP_DIGEST_BYTES + 1];
 
-			hex32(hex, r->result_digest);
+			hex32(hex, r->cur.digest);
 			if (journal(r, "published %" PRIu64 " %s", r->id, hex) < 0)
 				return -EIO;
 			r->phase = PH_PUBLISHED;
 			r->publish_ms = unix_ms();
-			timer_at(r, r->cfg.eval_ms);
+			after_publish(r);
 		} else {
 			aggregate_start(r);
 		}
@@ -1925,7 +2236,10 @@ int fp_round_attach(struct fp_round *r, struct fp_srv *srv)
 		e = publish_open(r);
 		if (e < 0)
 			return e;
-		if (r->phase == PH_PUBLISHED) {
+		if (r->phase == PH_PUBLISHED && r->iterative &&
+		    (r->spec->block + 1 < r->nblocks || !r->final_done)) {
+			after_publish(r); /* the next block's round, or the final model */
+		} else if (r->phase == PH_PUBLISHED) {
 			timer_at(r, r->cfg.eval_ms);
 			if (evaluated(r) >= r->naccepted)
 				eval_finish(r, "all reports in");
@@ -1968,9 +2282,8 @@ static void round_release(struct fp_round *r)
 		fedprune__round_spec__free_unpacked(r->spec, NULL);
 	free(r->rows);
 	free(r->cols);
-	fp_mask_reader_free(r->res);
-	if (r->res_fd >= 0)
-		close(r->res_fd);
+	result_close(&r->cur);
+	result_close(&r->old);
 	fp_journal_close(r->j);
 	uv_mutex_destroy(&r->jlock);
 	free(r->out_dir);

@@ -23,11 +23,17 @@
 #include "daemon.h"
 #include "srv.h"
 
+enum fp_round_mode {
+	FP_ROUND_ONESHOT,   /* one round prunes every block (FedPrLLM one-shot) */
+	FP_ROUND_ITERATIVE, /* one round per decoder block, in order */
+};
+
 /* The [round] section of the server configuration (strings borrowed while the round runs). */
 struct fp_round_cfg {
 	char *model;	 /* dense model (HF directory) */
 	char *state_dir; /* journal, specs, submissions */
 	char *output;	 /* published results ("" = <state_dir>/published) */
+	int mode;	 /* enum fp_round_mode */
 	int method;	 /* enum fp_prune_method */
 	double sparsity;
 	char *pattern;	       /* "unstructured" or "N:M" */
