@@ -3,9 +3,10 @@
  * Options, configuration and the loop's life are shared with the server (common/base/daemon.c);
  * this file holds the client's configuration table and what it starts on the loop.
  *
- * Today the client keeps its connection to the server (common/net/link.h): mutually
- * authenticated TLS 1.3, Hello/Welcome, heartbeats, reconnects with backoff; round work plugs
- * in through struct fp_link_ops and fp_link_upload().
+ * The client keeps its connection to the server (common/net/link.h: mutually authenticated
+ * TLS 1.3, Hello/Welcome, heartbeats, reconnects with backoff) and takes part in rounds through
+ * the job (job.h): prune locally, upload the mask, download the global mask, evaluate, report.
+ * docs/client.md describes the [job] keys and the state directory.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -14,7 +15,10 @@
 
 #include "cfg.h"
 #include "daemon.h"
+#include "data.h"
 #include "err.h"
+#include "fp_config.h"
+#include "job.h"
 #include "link.h"
 #include "log.h"
 #include "netcfg.h"
@@ -30,6 +34,17 @@ struct client_cfg {
 	uint64_t reconnect_max_ms;
 	uint64_t chunk;
 	struct fp_net_cfg net;
+	struct {
+		char *model;
+		char *calib;
+		char *heldout;
+		char *state_dir;
+		char *output;
+		bool eval_dense;
+		uint32_t eval_seqlen;
+		uint32_t eval_nsamples;
+		bool exit_when_done;
+	} job;
 };
 
 static const struct fp_cfg_key client_keys[] = {
@@ -53,6 +68,32 @@ static const struct fp_cfg_key client_keys[] = {
 	{ "client", "chunk", FP_CFG_SIZE, offsetof(struct client_cfg, chunk), .def = "0", .min = 0,
 	  .max = FP_FRAME_MAX_LIMIT / 2, .help = "upload chunk size; 0: what the server asks for" },
 	FP_NET_CFG_KEYS(struct client_cfg, net, "client"),
+	{ "job", "model", FP_CFG_STR, offsetof(struct client_cfg, job.model), .def = "",
+	  .max = 4096,
+	  .help = "Hugging Face model directory to prune (the same model as the server's); "
+		  "empty: connect only, take part in no round" },
+	{ "job", "calib", FP_CFG_STR, offsetof(struct client_cfg, job.calib), .def = "",
+	  .max = 4096,
+	  .help = "private calibration data (.jsonl, .u16, .u32, .txt); needed by wanda and "
+		  "sparsegpt rounds" },
+	{ "job", "heldout", FP_CFG_STR, offsetof(struct client_cfg, job.heldout), .def = "",
+	  .max = 4096, .help = "held-out data for the perplexity report (empty: no evaluation)" },
+	{ "job", "state_dir", FP_CFG_STR, offsetof(struct client_cfg, job.state_dir),
+	  .def = FP_STATEDIR "/fedprune-client", .min = 1, .max = 4096,
+	  .help = "directory of the per-round state (round-<id>/...), created 0700" },
+	{ "job", "output", FP_CFG_STR, offsetof(struct client_cfg, job.output), .def = "",
+	  .max = 4096,
+	  .help = "where the pruned model is written (empty: <state_dir>/round-<id>/model)" },
+	{ "job", "eval_dense", FP_CFG_BOOL, offsetof(struct client_cfg, job.eval_dense),
+	  .def = "true", .help = "also measure the dense model's held-out perplexity" },
+	{ "job", "eval_seqlen", FP_CFG_U32, offsetof(struct client_cfg, job.eval_seqlen),
+	  .def = "0", .min = 0, .max = FP_DATA_MAX_SEQLEN,
+	  .help = "evaluation window in tokens (0: min(max_position_embeddings, 2048))" },
+	{ "job", "eval_nsamples", FP_CFG_U32, offsetof(struct client_cfg, job.eval_nsamples),
+	  .def = "0", .min = 0, .max = UINT32_MAX,
+	  .help = "evaluation windows, the first ones of the file (0: all)" },
+	{ "job", "exit_when_done", FP_CFG_BOOL, offsetof(struct client_cfg, job.exit_when_done),
+	  .def = "false", .help = "exit (status 0) once a round's evaluation is reported" },
 	{ 0 },
 };
 
@@ -60,17 +101,89 @@ struct client {
 	struct fp_daemon *d;
 	SSL_CTX *tls;
 	struct fp_link *link;
+	struct fp_job *job;
+	bool exit_when_done;
+	int stopping; /* link and job stops not yet finished */
 };
 
 static struct client client;
 
+static void client_ready(struct fp_link *l, const Fedprune__Welcome *w)
+{
+	(void)l;
+	if (client.job)
+		fp_job_on_ready(client.job, w);
+}
+
+static void client_msg(struct fp_link *l, const Fedprune__Envelope *e)
+{
+	(void)l;
+	if (client.job) {
+		fp_job_on_msg(client.job, e);
+	} else if (e->msg_case == FEDPRUNE__ENVELOPE__MSG_ROUND_SPEC) {
+		Fedprune__Envelope r = FEDPRUNE__ENVELOPE__INIT;
+		Fedprune__Error er = FEDPRUNE__ERROR__INIT;
+
+		fp_log_warn("round spec ignored: no [job] model configured", "round=%llu",
+			    (unsigned long long)e->round_spec->round_id);
+		er.code = FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED;
+		er.message = "this client has no [job] model and takes part in no round";
+		r.version = FP_PROTO_VERSION;
+		r.msg_case = FEDPRUNE__ENVELOPE__MSG_ERROR;
+		r.error = &er;
+		fp_link_send(client.link, &r);
+	}
+}
+
 static void client_down(struct fp_link *l, const char *reason, bool fatal)
 {
 	(void)l;
+	if (client.job)
+		fp_job_on_down(client.job, reason, fatal);
 	if (!fatal)
 		return;
 	fp_log_err("stopping: the server does not accept this client", "reason=%s", fp_q(reason));
 	fp_daemon_fail(client.d);
+}
+
+static void job_done(struct fp_job *j, uint64_t round, void *ud)
+{
+	(void)j;
+	(void)ud;
+	if (!client.exit_when_done)
+		return;
+	fp_log_info("round done: exiting ([job] exit_when_done)", "round=%llu",
+		    (unsigned long long)round);
+	fp_daemon_stop(client.d); /* exit status 0; the link flushes the report on close */
+}
+
+static int job_start(struct client_cfg *c)
+{
+	struct fp_job_cfg jc = { 0 };
+	int r;
+
+	client.exit_when_done = c->job.exit_when_done;
+	if (!c->job.model[0]) {
+		fp_log_warn("no [job] model configured: connecting only, taking part in no round",
+			    NULL);
+		return 0;
+	}
+	jc.model = c->job.model;
+	jc.calib = c->job.calib;
+	jc.heldout = c->job.heldout;
+	jc.state_dir = c->job.state_dir;
+	jc.output = c->job.output;
+	jc.eval_dense = c->job.eval_dense;
+	jc.eval_seqlen = c->job.eval_seqlen;
+	jc.eval_nsamples = c->job.eval_nsamples;
+	jc.on_done = job_done;
+	r = fp_job_new(&client.d->loop, &jc, &client.job);
+	if (r < 0)
+		return r;
+	fp_log_info("job ready", "model=%s calib=%s local_tokens=%llu state_dir=%s",
+		    fp_q(c->job.model), fp_q(c->job.calib),
+		    (unsigned long long)fp_job_local_tokens(client.job), fp_q(c->job.state_dir));
+	return 0;
 }
 
 static void check_cert(const char *path)
@@ -93,7 +206,9 @@ static void check_cert(const char *path)
 static int client_start(struct fp_daemon *d, void *arg)
 {
 	struct client_cfg *c = arg;
-	struct fp_link_ops ops = { .on_down = client_down };
+	struct fp_link_ops ops = { .on_ready = client_ready,
+				   .on_msg = client_msg,
+				   .on_down = client_down };
 	struct fp_link_cfg lc = { 0 };
 	int insecure, r;
 
@@ -124,6 +239,9 @@ static int client_start(struct fp_daemon *d, void *arg)
 		if (r < 0)
 			return r;
 	}
+	r = job_start(c);
+	if (r < 0)
+		return r;
 	lc.host = c->server;
 	lc.port = (uint16_t)c->port;
 	lc.server_name = c->server_name;
@@ -134,12 +252,30 @@ static int client_start(struct fp_daemon *d, void *arg)
 	lc.backoff_base_ms = c->reconnect_min_ms;
 	lc.backoff_cap_ms = c->reconnect_max_ms;
 	lc.chunk_bytes = (uint32_t)c->chunk;
+	lc.capacity = 1.0;
+	if (client.job) {
+		lc.local_tokens = fp_job_local_tokens(client.job);
+		lc.model_digest = fp_job_model_digest(client.job);
+	}
 	r = fp_link_start(&d->loop, &lc, &ops, &client.link);
 	if (r < 0)
 		return r;
+	if (client.job)
+		fp_job_set_link(client.job, client.link);
 	fp_log_info("connecting", "server=%s port=%u transport=%s", fp_q(c->server), c->port,
 		    insecure ? "INSECURE-plaintext" : "mTLS-1.3");
 	return 0;
+}
+
+/* The link and the job have both stopped: release what is left. */
+static void client_release(void)
+{
+	if (--client.stopping > 0)
+		return;
+	fp_job_free(client.job);
+	client.job = NULL;
+	SSL_CTX_free(client.tls);
+	client.tls = NULL;
 }
 
 static void client_stopped(struct fp_link *l, void *ud)
@@ -147,18 +283,26 @@ static void client_stopped(struct fp_link *l, void *ud)
 	(void)l;
 	(void)ud;
 	client.link = NULL;
-	SSL_CTX_free(client.tls);
-	client.tls = NULL;
+	client_release();
+}
+
+static void job_stopped(struct fp_job *j, void *ud)
+{
+	(void)j;
+	(void)ud;
+	client_release();
 }
 
 static int client_stop(struct fp_daemon *d, void *arg)
 {
 	(void)d;
 	(void)arg;
+	client.stopping = 1;
+	if (client.job && fp_job_stop(client.job, job_stopped, NULL) > 0)
+		client.stopping++;
 	if (!client.link) {
-		SSL_CTX_free(client.tls);
-		client.tls = NULL;
-		return 0;
+		client_release();
+		return client.stopping > 0;
 	}
 	fp_link_stop(client.link, client_stopped, NULL);
 	return 1;
