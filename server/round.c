@@ -2122,6 +2122,12 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 		goto fail;
 	r->iterative = cfg->mode == FP_ROUND_ITERATIVE;
 	r->nblocks = mc.nlayers;
+	if (r->iterative && cfg->weight_scaling) {
+		e = fp_err_detail(-EINVAL, "[round] weight_scaling needs mode = oneshot (iterative "
+					   "rounds publish masks; the final model is the dense "
+					   "weights with every block's mask applied)");
+		goto fail;
+	}
 	if (m && (mc.hidden % m || mc.intermediate % m)) {
 		e = fp_err_detail(-EINVAL,
 				  "[round] pattern %u:%u: the model's input dimensions "

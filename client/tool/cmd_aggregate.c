@@ -50,6 +50,10 @@ static void usage(void)
 	       "                         counts; default 1 each); each > 0\n"
 	       "      --scale            scale kept weights by the share of clients keeping them\n"
 	       "      --no-agreement     skip the pairwise mask agreement of the report\n"
+	       "      --mask-only        write only OUT/mask.fpmask and OUT/report.json, no "
+	       "model;\n"
+	       "                         the masks may then cover only some decoder linears (e.g.\n"
+	       "                         one block of an iterative round)\n"
 	       "      --batch-mem SIZE   client masks held in memory at once (default 512MiB)\n"
 	       "  -t, --threads N        compute threads (default: online CPUs)\n"
 	       "  -h, --help             show this help and exit\n",
@@ -68,7 +72,7 @@ struct agg_args {
 	bool have_seed;
 	const char *weights_arg;
 	double *weights;
-	bool scale, no_agreement;
+	bool scale, no_agreement, mask_only;
 	uint64_t batch_mem;
 	uint64_t threads;
 };
@@ -103,7 +107,7 @@ static void parse_weights(struct agg_args *a)
 
 static void parse_args(int argc, char **argv, struct agg_args *a)
 {
-	enum { OPT_SEED = 256, OPT_SCALE, OPT_NO_AGREE, OPT_BATCH };
+	enum { OPT_SEED = 256, OPT_SCALE, OPT_NO_AGREE, OPT_BATCH, OPT_MASK_ONLY };
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "mask", required_argument, NULL, 'k' },
@@ -115,6 +119,7 @@ static void parse_args(int argc, char **argv, struct agg_args *a)
 		{ "weights", required_argument, NULL, 'w' },
 		{ "scale", no_argument, NULL, OPT_SCALE },
 		{ "no-agreement", no_argument, NULL, OPT_NO_AGREE },
+		{ "mask-only", no_argument, NULL, OPT_MASK_ONLY },
 		{ "batch-mem", required_argument, NULL, OPT_BATCH },
 		{ "threads", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
@@ -169,6 +174,9 @@ static void parse_args(int argc, char **argv, struct agg_args *a)
 			break;
 		case OPT_SCALE:
 			a->scale = true;
+			break;
+		case OPT_MASK_ONLY:
+			a->mask_only = true;
 			break;
 		case OPT_NO_AGREE:
 			a->no_agreement = true;
@@ -236,6 +244,8 @@ int fp_cmd_aggregate(int argc, char **argv)
 	int r, status = 1;
 
 	parse_args(argc, argv, &a);
+	if (a.mask_only && a.scale)
+		fp_cli_fail(PROG, "--scale changes the model, which --mask-only does not write");
 	if (a.threads)
 		fp_par_set_threads((unsigned)a.threads);
 	job.model_dir = a.model;
@@ -248,7 +258,8 @@ int fp_cmd_aggregate(int argc, char **argv)
 	job.opts.seed = a.seed;
 	job.scale = a.scale;
 	job.agreement = !a.no_agreement;
-	job.require_all = true;
+	job.require_all = !a.mask_only;
+	job.mask_only = a.mask_only;
 	job.batch_mem = (size_t)a.batch_mem;
 	job.out_dir = a.out;
 	fp_err_clear();
