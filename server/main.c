@@ -41,6 +41,9 @@ static const char *const method_names[] = { "magnitude", "wanda", "sparsegpt", N
 static const char *const group_names[] = { "row", "layer", "column", NULL };
 static const char *const tie_names[] = { "magnitude", "index", "random", NULL };
 static const char *const mode_names[] = { "oneshot", "iterative", NULL };
+static const char *const ldp_names[] = { "off", "allowed", "required", NULL };
+/* index = enum fp_ldp_mech (0 unused) */
+static const char *const ldp_mech_names[] = { "-", "rr", "oue", NULL };
 
 #define R(field) offsetof(struct server_cfg, round.field)
 
@@ -114,6 +117,16 @@ static const struct fp_cfg_key server_keys[] = {
 	{ "round", "eval_timeout", FP_CFG_MSEC, R(eval_ms), .def = "10m", .min = 100,
 	  .max = 30ull * 86400 * 1000,
 	  .help = "how long to wait for the clients' evaluation reports" },
+	{ "round", "ldp", FP_CFG_ENUM, R(ldp), .def = "off", .choices = ldp_names,
+	  .help = "local DP of the clients' masks: off (refuse privatized masks), allowed, or "
+		  "required (refuse masks without it)" },
+	{ "round", "ldp_mechanism", FP_CFG_ENUM, R(ldp_mechanism), .def = "rr",
+	  .choices = ldp_mech_names,
+	  .help = "mechanism privatized masks must use: rr (randomized response, epsilon per "
+		  "bit) or oue (optimal unary encoding, epsilon per swapped pair)" },
+	{ "round", "ldp_max_epsilon", FP_CFG_DOUBLE, R(ldp_max_epsilon), .def = "8", .dmin = 0.001,
+	  .dmax = 20,
+	  .help = "largest epsilon a privatized mask may use (smaller = more privacy)" },
 	{ "round", "exit_when_done", FP_CFG_BOOL, R(exit_when_done), .def = "false",
 	  .help = "exit when the round is complete (status 1 if it failed)" },
 	{ 0 },

@@ -44,6 +44,7 @@
 #include "fileio.h"
 #include "hfout.h"
 #include "journal.h"
+#include "ldp.h"
 #include "log.h"
 #include "mask.h"
 #include "maskcheck.h"
@@ -96,6 +97,15 @@ struct rclient {
 	/* a refused submission: first reason, reported at commit */
 	int reject_code;
 	char reject[FP_TEXT_MAX + 1];
+	/* the first tensor breaking the density rule: refuses the submission at commit unless it
+	 * is privatized (randomized response changes the density on purpose) */
+	bool density_bad;
+	char density[FP_TEXT_MAX + 1];
+	/* local DP of the accepted submission (Commit.privacy) */
+	int ldp_mech; /* enum fp_ldp_mech, 0 = none */
+	double ldp_eps;
+	uint32_t ldp_rounds;
+	double ldp_total_eps;
 	/* evaluation */
 	bool evaluated;
 	double ppl, dense_ppl;
@@ -309,6 +319,8 @@ static void client_drop_upload(struct fp_round *r, struct rclient *c)
 	char *dir = up_dir(r, c->id);
 
 	client_close_part(c);
+	c->density_bad = false;
+	c->density[0] = '\0';
 	if (dir)
 		rm_flat_dir(dir);
 	free(dir);
@@ -488,6 +500,15 @@ static int spec_build(struct fp_round *r, const struct fp_model_cfg *mc, uint64_
 	sp->weight_scaling = r->cfg.weight_scaling;
 	sp->capacity = 1.0;
 	sp->iterative = r->iterative;
+	if (r->cfg.ldp != FP_ROUND_LDP_OFF) {
+		sp->privacy = calloc(1, sizeof(*sp->privacy));
+		if (!sp->privacy)
+			goto nomem;
+		fedprune__privacy_spec__init(sp->privacy);
+		sp->privacy->mechanism = (Fedprune__LdpMechanism)r->cfg.ldp_mechanism;
+		sp->privacy->max_epsilon = r->cfg.ldp_max_epsilon;
+		sp->privacy->required = r->cfg.ldp == FP_ROUND_LDP_REQUIRED;
+	}
 	sp->block = r->iterative ? (uint32_t)(id - 1) : 0;
 	for (size_t i = 0; i < n; i++) {
 		sp->tensors[i] = path_of("model.layers.%zu.%s.weight", (base + i) / FP_LIN_COUNT,
@@ -738,6 +759,11 @@ static void round_reset(struct fp_round *r)
 		c->got_spec = c->declined = c->accepted = c->evaluated = false;
 		c->reject_code = 0;
 		c->reject[0] = '\0';
+		c->density_bad = false;
+		c->density[0] = '\0';
+		c->ldp_mech = 0;
+		c->ldp_eps = c->ldp_total_eps = 0;
+		c->ldp_rounds = 0;
 		c->tokens = 0;
 		c->seconds = 0;
 	}
@@ -931,7 +957,10 @@ static void on_tensor(struct fp_srv *srv, struct fp_session *s, const struct fp_
 	if (!c || c->reject_code || c->cur < 0 || strcmp(r->names[c->cur], t->name) != 0)
 		return;
 	e = fp_maskcheck_finish(&c->mc);
-	if (e < 0) {
+	if (e == -EDOM && !c->density_bad) {
+		c->density_bad = true;
+		snprintf(c->density, sizeof(c->density), "%s", fp_err_last());
+	} else if (e < 0 && e != -EDOM) {
 		client_reject(r, c, C(SPEC_MISMATCH), "%s", fp_err_last());
 		return;
 	}
@@ -952,6 +981,10 @@ struct store_work {
 	uint64_t round;
 	uint64_t tokens;
 	double seconds;
+	int ldp_mech;
+	double ldp_eps;
+	uint32_t ldp_rounds;
+	double ldp_total_eps;
 	uint8_t sub[FP_DIGEST_BYTES];
 	int err;
 	char why[FP_TEXT_MAX + 1];
@@ -1014,8 +1047,9 @@ static void store_run(uv_work_t *w)
 	}
 	if (e == 0) {
 		hex32(hex, sw->sub);
-		e = journal(r, "accept %" PRIu64 " %s %s %" PRIu64 " %.6f", sw->round, sw->id, hex,
-			    sw->tokens, sw->seconds);
+		e = journal(r, "accept %" PRIu64 " %s %s %" PRIu64 " %.6f %d %.17g %u %.17g",
+			    sw->round, sw->id, hex, sw->tokens, sw->seconds, sw->ldp_mech,
+			    sw->ldp_eps, sw->ldp_rounds, sw->ldp_total_eps);
 	}
 	if (e == 0) {
 		char *up = up_dir(r, sw->id);
@@ -1056,6 +1090,10 @@ static void store_done(uv_work_t *w, int status)
 			c->accepted = true;
 			c->tokens = sw->tokens;
 			c->seconds = sw->seconds;
+			c->ldp_mech = sw->ldp_mech;
+			c->ldp_eps = sw->ldp_eps;
+			c->ldp_rounds = sw->ldp_rounds;
+			c->ldp_total_eps = sw->ldp_total_eps;
 			memcpy(c->sub, sw->sub, FP_DIGEST_BYTES);
 			r->naccepted++;
 			fp_log_info("submission accepted",
@@ -1085,6 +1123,57 @@ static void store_done(uv_work_t *w, int status)
 	maybe_close(r, false);
 }
 
+/* The randomized response a client used: its (p, q), from the mechanism and ε it committed. */
+static int ldp_rr(int mech, double eps, struct fp_ldp_rr *rr)
+{
+	return mech == FP_LDP_RR_OUE ? fp_ldp_rr_oue(rr, eps) : fp_ldp_rr_sym(rr, eps);
+}
+
+/* The submission's local DP against the round's policy: 0, or refuse c (and return -1). */
+static int privacy_check(struct fp_round *r, struct rclient *c, const Fedprune__Commit *cm)
+{
+	const Fedprune__LdpReport *p = cm->privacy;
+	int mech = p ? (int)p->mechanism : 0;
+	struct fp_ldp_rr rr;
+
+	if (mech == 0) {
+		if (r->cfg.ldp == FP_ROUND_LDP_REQUIRED) {
+			client_reject(r, c, C(PRIVACY_REQUIRED),
+				      "this round requires local DP (%s, epsilon <= %g)",
+				      fp_ldp_mech_name((enum fp_ldp_mech)r->cfg.ldp_mechanism),
+				      r->cfg.ldp_max_epsilon);
+			return -1;
+		}
+		if (c->density_bad) {
+			client_reject(r, c, C(SPEC_MISMATCH), "%s", c->density);
+			return -1;
+		}
+		return 0;
+	}
+	if (r->cfg.ldp == FP_ROUND_LDP_OFF) {
+		client_reject(r, c, C(SPEC_MISMATCH),
+			      "this round takes no privatized masks (server [round] ldp = off)");
+		return -1;
+	}
+	if (mech != r->cfg.ldp_mechanism) {
+		client_reject(r, c, C(SPEC_MISMATCH), "local DP mechanism %d, the round uses %s",
+			      mech, fp_ldp_mech_name((enum fp_ldp_mech)r->cfg.ldp_mechanism));
+		return -1;
+	}
+	if (!(p->epsilon > 0) || p->epsilon > r->cfg.ldp_max_epsilon ||
+	    ldp_rr(mech, p->epsilon, &rr) < 0) {
+		client_reject(r, c, C(PRIVACY_REQUIRED),
+			      "local DP epsilon %g: the round accepts (0, %g]", p->epsilon,
+			      r->cfg.ldp_max_epsilon);
+		return -1;
+	}
+	if (!(p->total_epsilon >= 0) || !isfinite(p->total_epsilon) || p->rounds > 1000000) {
+		client_reject(r, c, C(BAD_MESSAGE), "local DP report: bad accounting fields");
+		return -1;
+	}
+	return 0;
+}
+
 static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__Commit *cm)
 {
 	struct fp_round *r = fp_srv_data(srv);
@@ -1106,6 +1195,8 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 		client_reject(r, c, C(BAD_MESSAGE),
 			      "commit: tokens must be 1..2^53 and seconds "
 			      "finite");
+	if (!c->reject_code)
+		privacy_check(r, c, cm);
 	if (c->reject_code) {
 		int code = c->reject_code;
 		char why[FP_TEXT_MAX + 1];
@@ -1126,6 +1217,12 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 	sw->round = r->id;
 	sw->tokens = cm->tokens;
 	sw->seconds = cm->seconds;
+	if (cm->privacy && cm->privacy->mechanism) {
+		sw->ldp_mech = (int)cm->privacy->mechanism;
+		sw->ldp_eps = cm->privacy->epsilon;
+		sw->ldp_rounds = cm->privacy->rounds;
+		sw->ldp_total_eps = cm->privacy->total_epsilon;
+	}
 	memcpy(sw->sub, s->rx.submission, FP_DIGEST_BYTES);
 	e = uv_queue_work(uv_handle_get_loop((uv_handle_t *)&r->timer), &sw->w, store_run,
 			  store_done);
@@ -1171,6 +1268,7 @@ static void restore_upload(struct fp_round *r, struct rclient *c, struct fp_sess
 		char *done = part_path(r, c->id, (long)i, "done");
 		char *part = part_path(r, c->id, (long)i, "part");
 		struct restore_src rs = { -1, NULL };
+		struct fp_maskcheck whole = { 0 }; /* a complete tensor's density, checked again */
 		struct stat st;
 		bool complete = false;
 		int e = -ENOENT;
@@ -1192,10 +1290,26 @@ static void restore_upload(struct fp_round *r, struct rclient *c, struct fp_sess
 			if (e < 0)
 				goto next;
 			rs.mc = &c->mc;
+		} else {
+			e = fp_maskcheck_init(
+				&whole, r->rows[i], r->cols[i],
+				r->spec->nm_m ? FP_GROUP_NM : group_from_proto(r->spec->group),
+				r->spec->sparsity, r->spec->nm_n, r->spec->nm_m, r->names[i]);
+			if (e < 0)
+				goto next;
+			rs.mc = &whole;
 		}
 		e = fp_upload_rx_restore(&s->rx, r->names[i],
 					 FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS, shape, 2, total,
 					 (uint64_t)st.st_size, restore_read, &rs);
+		if (e == 0 && complete) {
+			e = fp_maskcheck_finish(&whole);
+			if (e == -EDOM && !c->density_bad) {
+				c->density_bad = true;
+				snprintf(c->density, sizeof(c->density), "%s", fp_err_last());
+			}
+			e = e == -EDOM ? 0 : e;
+		}
 		if (e == 0) {
 			restored += (uint64_t)st.st_size;
 			tensors++;
@@ -1203,6 +1317,7 @@ static void restore_upload(struct fp_round *r, struct rclient *c, struct fp_sess
 				e = -errno;
 		}
 next:
+		fp_maskcheck_destroy(&whole);
 		if (rs.fd >= 0)
 			close(rs.fd);
 		free(done);
@@ -1292,7 +1407,8 @@ static int h_error(struct fp_srv *srv, struct fp_session *s, const Fedprune__Env
 		    fp_error_code_name(er->code), fp_q(er->message));
 	if (c && !c->accepted && r->phase == PH_COLLECT &&
 	    (er->code == C(MODEL_MISMATCH) || er->code == C(SPEC_MISMATCH) ||
-	     er->code == C(PRIVACY_REQUIRED) || er->code == C(INTERNAL))) {
+	     er->code == C(PRIVACY_REQUIRED) || er->code == C(INTERNAL) ||
+	     er->code == C(UNSUPPORTED) || er->code == C(BAD_MESSAGE))) {
 		c->declined = true;
 		fp_log_warn("client will not take part in this round",
 			    "identity=%s round=%" PRIu64 " participants=%zu", fp_q(c->id), r->id,
@@ -1581,6 +1697,7 @@ static void aggregate_start(struct fp_round *r)
 {
 	struct agg_work *aw = NULL;
 	struct rclient **acc = NULL;
+	bool weighted = false;
 	size_t n = 0;
 	int e = -ENOMEM;
 
@@ -1621,13 +1738,24 @@ static void aggregate_start(struct fp_round *r)
 		if (!aw->paths[i])
 			goto fail;
 		aw->ids[i] = acc[i]->id;
-		aw->weights[i] = (double)acc[i]->tokens;
+		aw->weights[i] = r->spec->weight_by_tokens ? (double)acc[i]->tokens : 1.0;
+		if (acc[i]->ldp_mech) {
+			/* debiased votes: a privatized client's vote y counts (y - q) / (p - q);
+			 * the -q / (p - q) part is the same for every weight of a tensor, so the
+			 * selection only needs the weight 1 / (p - q) (docs/privacy.md) */
+			struct fp_ldp_rr rr;
+
+			if (ldp_rr(acc[i]->ldp_mech, acc[i]->ldp_eps, &rr) < 0)
+				goto fail;
+			aw->weights[i] /= rr.p - rr.q;
+			weighted = true;
+		}
 	}
 	aw->job.model_dir = r->cfg.model;
 	aw->job.mask_paths = (const char *const *)aw->paths;
 	aw->job.client_ids = (const char *const *)aw->ids;
 	aw->job.opts.nclients = n;
-	aw->job.opts.weights = r->spec->weight_by_tokens ? aw->weights : NULL;
+	aw->job.opts.weights = r->spec->weight_by_tokens || weighted ? aw->weights : NULL;
 	aw->job.opts.sparsity = r->spec->sparsity;
 	aw->job.opts.group = group_from_proto(r->spec->agg_group);
 	aw->job.opts.tie = tie_from_proto(r->spec->tie_break);
@@ -1790,6 +1918,18 @@ static void publish_report(struct fp_round *r, struct agg_work *aw)
 	cJSON_AddNumberToObject(ro, "participants", (double)participants(r));
 	cJSON_AddNumberToObject(ro, "accepted", (double)r->naccepted);
 	cJSON_AddNumberToObject(ro, "quorum", quorum(r));
+	{
+		static const char *const pol[] = { "off", "allowed", "required" };
+		cJSON *pv = cJSON_AddObjectToObject(ro, "privacy");
+
+		cJSON_AddStringToObject(pv, "ldp", pol[r->cfg.ldp]);
+		if (r->cfg.ldp != FP_ROUND_LDP_OFF) {
+			cJSON_AddStringToObject(
+				pv, "mechanism",
+				fp_ldp_mech_name((enum fp_ldp_mech)r->cfg.ldp_mechanism));
+			cJSON_AddNumberToObject(pv, "max_epsilon", r->cfg.ldp_max_epsilon);
+		}
+	}
 	cJSON_AddNumberToObject(ro, "collect_seconds", (unix_ms() - r->start_ms) / 1e3);
 	cJSON_AddNumberToObject(ro, "aggregate_seconds", r->agg_seconds);
 	hex32(hex, r->cur.digest);
@@ -1811,6 +1951,24 @@ static void publish_report(struct fp_round *r, struct agg_work *aw)
 			cJSON_AddStringToObject(o, "submission_digest", hex);
 			cJSON_AddNumberToObject(o, "tokens", (double)c->tokens);
 			cJSON_AddNumberToObject(o, "local_seconds", c->seconds);
+			if (c->ldp_mech) {
+				cJSON *pv = cJSON_AddObjectToObject(o, "privacy");
+				struct fp_ldp_rr rr;
+
+				cJSON_AddStringToObject(
+					pv, "mechanism",
+					fp_ldp_mech_name((enum fp_ldp_mech)c->ldp_mech));
+				cJSON_AddNumberToObject(pv, "epsilon", c->ldp_eps);
+				if (ldp_rr(c->ldp_mech, c->ldp_eps, &rr) == 0) {
+					cJSON_AddNumberToObject(pv, "p", rr.p);
+					cJSON_AddNumberToObject(pv, "q", rr.q);
+					cJSON_AddNumberToObject(pv, "epsilon_per_bit", rr.eps_bit);
+					cJSON_AddNumberToObject(pv, "vote_weight",
+								1.0 / (rr.p - rr.q));
+				}
+				cJSON_AddNumberToObject(pv, "rounds", c->ldp_rounds);
+				cJSON_AddNumberToObject(pv, "total_epsilon", c->ldp_total_eps);
+			}
 		}
 	}
 	if (fp_agg_report_write(r->out_dir, rep) < 0)
@@ -2029,10 +2187,19 @@ static int replay_record(void *ud, const char *text, size_t lineno)
 	if (round != r->id)
 		goto bad;
 	if (strcmp(kind, "accept") == 0) {
-		if (sscanf(text, "accept %*u %64s %64s %" SCNu64 " %lf", id, hex, &a, &x) != 4 ||
+		int mech = 0;
+		unsigned rounds = 0;
+		double eps = 0, total = 0;
+
+		if (sscanf(text, "accept %*u %64s %64s %" SCNu64 " %lf %d %lf %u %lf", id, hex, &a,
+			   &x, &mech, &eps, &rounds, &total) != 8 ||
 		    !fp_identity_valid(id) || !(c = client_get(r, id, true)) ||
 		    unhex32(c->sub, hex) < 0)
 			goto bad;
+		c->ldp_mech = mech;
+		c->ldp_eps = eps;
+		c->ldp_rounds = rounds;
+		c->ldp_total_eps = total;
 		if (!c->accepted)
 			r->naccepted++;
 		c->accepted = true;
@@ -2120,6 +2287,11 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 	e = model_cfg(r, &mc);
 	if (e < 0)
 		goto fail;
+	if (cfg->ldp != FP_ROUND_LDP_OFF && cfg->ldp_mechanism != FP_LDP_RR_SYM &&
+	    cfg->ldp_mechanism != FP_LDP_RR_OUE) {
+		e = fp_err_detail(-EINVAL, "[round] ldp_mechanism must be rr or oue");
+		goto fail;
+	}
 	r->iterative = cfg->mode == FP_ROUND_ITERATIVE;
 	r->nblocks = mc.nlayers;
 	if (r->iterative && cfg->weight_scaling) {

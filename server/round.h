@@ -28,6 +28,12 @@ enum fp_round_mode {
 	FP_ROUND_ITERATIVE, /* one round per decoder block, in order */
 };
 
+enum fp_round_ldp {
+	FP_ROUND_LDP_OFF,      /* privatized masks are refused */
+	FP_ROUND_LDP_ALLOWED,  /* clients choose; privatized votes are debiased */
+	FP_ROUND_LDP_REQUIRED, /* masks without local DP are refused */
+};
+
 /* The [round] section of the server configuration (strings borrowed while the round runs). */
 struct fp_round_cfg {
 	char *model;	 /* dense model (HF directory) */
@@ -36,24 +42,27 @@ struct fp_round_cfg {
 	int mode;	 /* enum fp_round_mode */
 	int method;	 /* enum fp_prune_method */
 	double sparsity;
-	char *pattern;	       /* "unstructured" or "N:M" */
-	int local_group;       /* enum fp_group of the local pruner (ROW, LAYER, COLUMN) */
-	int group;	       /* enum fp_group of the server's selection */
-	int tie_break;	       /* enum fp_agg_tie */
-	uint64_t seed;	       /* calibration draw and random ties */
-	uint32_t nsamples;     /* calibration samples per client */
-	uint32_t seqlen;       /* tokens per sample */
-	bool sequential;       /* local pruner's sequential mode */
-	uint32_t min_clients;  /* connected clients before the round starts */
-	uint32_t quorum;       /* accepted submissions needed (0 = min_clients) */
-	uint64_t wait_ms;      /* how long to wait for min_clients */
-	uint64_t deadline_ms;  /* from the round's start to the end of collection */
-	uint64_t grace_ms;     /* after quorum, wait this long for the others */
-	bool weight_by_tokens; /* vote weights = each client's calibration tokens */
-	bool weight_scaling;   /* scale kept weights by the share of clients keeping them */
-	uint64_t eval_ms;      /* how long to wait for evaluation reports after publishing */
-	bool exit_when_done;   /* stop the daemon when the round is complete (or failed) */
-	uint32_t chunk_bytes;  /* result chunk size (the transport's) */
+	char *pattern;		/* "unstructured" or "N:M" */
+	int local_group;	/* enum fp_group of the local pruner (ROW, LAYER, COLUMN) */
+	int group;		/* enum fp_group of the server's selection */
+	int tie_break;		/* enum fp_agg_tie */
+	uint64_t seed;		/* calibration draw and random ties */
+	uint32_t nsamples;	/* calibration samples per client */
+	uint32_t seqlen;	/* tokens per sample */
+	bool sequential;	/* local pruner's sequential mode */
+	uint32_t min_clients;	/* connected clients before the round starts */
+	uint32_t quorum;	/* accepted submissions needed (0 = min_clients) */
+	uint64_t wait_ms;	/* how long to wait for min_clients */
+	uint64_t deadline_ms;	/* from the round's start to the end of collection */
+	uint64_t grace_ms;	/* after quorum, wait this long for the others */
+	bool weight_by_tokens;	/* vote weights = each client's calibration tokens */
+	bool weight_scaling;	/* scale kept weights by the share of clients keeping them */
+	uint64_t eval_ms;	/* how long to wait for evaluation reports after publishing */
+	bool exit_when_done;	/* stop the daemon when the round is complete (or failed) */
+	int ldp;		/* enum fp_round_ldp */
+	int ldp_mechanism;	/* enum fp_ldp_mech (1 rr, 2 oue) */
+	double ldp_max_epsilon; /* largest epsilon a privatized submission may use */
+	uint32_t chunk_bytes;	/* result chunk size (the transport's) */
 };
 
 struct fp_round;

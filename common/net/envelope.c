@@ -344,7 +344,7 @@ static int check_round_spec(const Fedprune__RoundSpec *s, Fedprune__ErrorCode *r
 	if (s->privacy) {
 		const Fedprune__PrivacySpec *p = s->privacy;
 
-		if (!fin(p->min_epsilon, 0, HUGE_VAL) || !fin(p->delta, 0, 1) ||
+		if (!fin(p->max_epsilon, 0, HUGE_VAL) || !fin(p->delta, 0, 1) ||
 		    !fin(p->clip_low, -HUGE_VAL, HUGE_VAL) ||
 		    !fin(p->clip_high, p->clip_low, HUGE_VAL))
 			return BAD(C(BAD_MESSAGE), "round_spec: privacy settings out of range");

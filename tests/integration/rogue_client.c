@@ -34,7 +34,8 @@ struct rogue {
 	uint64_t (*shape)[2];	   /* (n) */
 	uint8_t (*digest)[32];	   /* (n) */
 	bool uploading;
-	int status; /* exit status */
+	Fedprune__Commit extra; /* tokens and seconds of the Commit */
+	int status;		/* exit status */
 };
 
 static struct rogue rogue;
@@ -76,8 +77,10 @@ static void on_msg(struct fp_link *l, const Fedprune__Envelope *e)
 	if (e->msg_case != FEDPRUNE__ENVELOPE__MSG_ROUND_SPEC || rogue.uploading)
 		return;
 	rogue.uploading = true;
-	if (fp_link_upload(l, e->round_spec->round_id, rogue.src, rogue.n, NULL, uploaded, NULL) <
-	    0) {
+	rogue.extra.tokens = 1024;
+	rogue.extra.seconds = 1.0;
+	if (fp_link_upload(l, e->round_spec->round_id, rogue.src, rogue.n, &rogue.extra, uploaded,
+			   NULL) < 0) {
 		fprintf(stderr, "rogue_client: upload: %s\n", fp_err_last());
 		rogue.status = 1;
 		fp_link_stop(l, stopped, NULL);
@@ -107,6 +110,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	rogue.status = 1;
+	fedprune__commit__init(&rogue.extra);
 	r = fp_mask_reader_open(argv[6], &rogue.mr);
 	rogue.fd = open(argv[6], O_RDONLY);
 	if (r < 0 || rogue.fd < 0) {

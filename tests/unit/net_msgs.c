@@ -108,7 +108,7 @@ void fp_test_with_sample(fp_msg_t type, void (*fn)(const Fedprune__Envelope *e, 
 		break;
 	case FEDPRUNE__ENVELOPE__MSG_ROUND_SPEC:
 		priv.mechanism = FEDPRUNE__LDP_MECHANISM__LDP_GAUSSIAN;
-		priv.min_epsilon = 1.0;
+		priv.max_epsilon = 1.0;
 		priv.delta = 1e-5;
 		priv.clip_low = -1;
 		priv.clip_high = 1;
