@@ -11,6 +11,7 @@
 
 #include "alloc.h"
 #include "err.h"
+#include "fileio.h"
 
 #define ALLOWLIST_MAX_BYTES (64u << 20)
 
@@ -136,36 +137,17 @@ out:
 
 int fp_allowlist_load(const char *path, struct fp_allowlist *a)
 {
-	FILE *f = fopen(path, "rb");
-	struct stat st;
 	char *buf = NULL;
 	size_t len = 0;
 	int r;
 
 	a->ids = NULL;
 	a->n = 0;
-	if (!f || fstat(fileno(f), &st) < 0) {
-		r = -errno;
-		if (f)
-			fclose(f);
-		return fp_err_detail(r, "allowlist '%s': %s", path, strerror(-r));
-	}
-	if (st.st_size > ALLOWLIST_MAX_BYTES) {
-		fclose(f);
-		return fp_err_detail(-EFBIG, "allowlist '%s': larger than %u bytes", path,
-				     ALLOWLIST_MAX_BYTES);
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		fclose(f);
-		return -ENOMEM;
-	}
-	len = fread(buf, 1, (size_t)st.st_size, f);
-	if (ferror(f) || len != (size_t)st.st_size)
-		r = fp_err_detail(-EIO, "allowlist '%s': read error", path);
-	else
-		r = fp_allowlist_parse(path, buf, len, a);
-	fclose(f);
+	/* a regular file only (a FIFO or device would block or never end), size bounded */
+	r = fp_read_file(path, ALLOWLIST_MAX_BYTES, &buf, &len);
+	if (r < 0)
+		return fp_err_detail(r, "allowlist: %s", fp_err_last());
+	r = fp_allowlist_parse(path, buf, len, a);
 	free(buf);
 	return r;
 }

@@ -4,6 +4,8 @@
  */
 #include "test.h"
 
+#include <sys/stat.h>
+
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -486,6 +488,13 @@ static void test_allowlist(void **state)
 	assert_true(asprintf(&path, "%s/missing", dir) > 0);
 	assert_int_equal(fp_allowlist_load(path, &a), -ENOENT);
 	assert_non_null(strstr(fp_err_last(), "missing"));
+	free(path);
+	/* a FIFO would block a stdio read forever: refused as not a regular file */
+	path = NULL;
+	assert_true(asprintf(&path, "%s/fifo", dir) > 0);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	assert_int_equal(fp_allowlist_load(path, &a), -EINVAL);
+	assert_non_null(strstr(fp_err_last(), "not a regular file"));
 	free(path);
 	fp_test_rmtree(dir);
 	free(dir);
