@@ -252,6 +252,41 @@ static void test_refused_client_gives_up(void **state)
 	free(clog);
 }
 
+/* A CA-signed client whose identity is not in the server's allowlist is refused (over real
+ * sockets), gives up with status 1, and the server names the identity. */
+static void test_allowlist_refuses(void **state)
+{
+	int port = free_port();
+	char *scfg = server_cfg(port, false), *ccfg = client_cfg(port, "site-b", 0);
+	char *allow = fp_test_write_file(pki.dir, "allow.txt", "site-a\n", 7);
+	char *slog = log_path("server3.log"), *clog = log_path("client3.log"), *s;
+	FILE *f = fopen(scfg, "a");
+	pid_t sp, cp;
+
+	(void)state;
+	assert_non_null(f);
+	/* [round] is the last section of server_cfg: reopen [server] for the allowlist */
+	fprintf(f, "[server]\nallowlist = %s\n", allow);
+	fclose(f);
+	sp = spawn(server_bin, slog, "-c", scfg, NULL);
+	assert_true(wait_for(slog, "msg=listening"));
+	cp = spawn(client_bin, clog, "-c", ccfg, NULL);
+	assert_int_equal(wait_exit(cp), 1);
+	s = slurp(clog);
+	assert_non_null(strstr(s, "NOT_ALLOWED"));
+	free(s);
+	s = slurp(slog);
+	assert_non_null(strstr(s, "identity 'site-b' is not in the allowlist"));
+	free(s);
+	kill(sp, SIGTERM);
+	assert_int_equal(wait_exit(sp), 0);
+	free(scfg);
+	free(ccfg);
+	free(allow);
+	free(slog);
+	free(clog);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -272,6 +307,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_connect_and_sigterm),
 		cmocka_unit_test(test_insecure_needs_both),
 		cmocka_unit_test(test_refused_client_gives_up),
+		cmocka_unit_test(test_allowlist_refuses),
 	};
 	char self[PATH_MAX], *dir;
 
