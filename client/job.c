@@ -48,6 +48,7 @@
 #define F_LOCALJS "local.json"
 #define F_REPORT  "report.json"
 #define F_GLOBAL  "global.fpmask"
+#define F_FINAL	  "final.fpmask" /* iterative, last block: every block's global mask */
 #define F_APPLIED "applied"
 #define F_EVAL	  "eval.json"
 #define D_MODEL	  "model"
@@ -59,6 +60,8 @@ enum job_state {
 	J_WAITING,	 /* uploaded (or gave up a download): waiting for a result offer */
 	J_UPLOAD_FAILED, /* refused or failed: waits; a repeated spec retries */
 	J_DOWNLOADING,	 /* fetching the global mask */
+	J_FETCHING,	 /* iterative: fetching an earlier block's global mask before pruning */
+	J_BLOCK_DONE,	 /* iterative: this block's global mask is in; waiting for the next */
 	J_EVALUATING,	 /* work: apply + evaluate */
 	J_DONE,		 /* EvalReport sent */
 	J_FAILED,	 /* local failure (logged, Error sent); waits for another round */
@@ -80,6 +83,11 @@ struct spec {
 	uint64_t seed;
 	uint32_t nsamples, seqlen;
 	bool sequential;
+	/* iterative FedPrLLM: round = block + 1, tensors = the 7 matrices of block */
+	bool iterative;
+	uint32_t block;
+	int agg_group, tie_break; /* wire values; part of the job's identity (iterative) */
+	bool weight_by_tokens, weight_scaling;
 };
 
 struct up_tensor {
@@ -102,9 +110,13 @@ struct upload {
 
 struct download {
 	bool active;
+	bool iter;	 /* a block of an iterative job (not tied to j->round) */
+	bool has_result; /* result is known (an offer); else only tensor digests */
 	uint64_t round;
+	char *dir;			 /* round directory written to */
+	size_t base, n;			 /* tensors j->names[base .. base + n) */
 	uint8_t result[FP_DIGEST_BYTES]; /* ResultOffer.result_digest */
-	size_t cur;			 /* tensor being fetched */
+	size_t cur;			 /* tensor being fetched, 0 .. n */
 	uint64_t off;			 /* its next byte */
 	unsigned tries;			 /* refusals of the current tensor */
 	crypto_generichash_state *h;	 /* of the current tensor, 64-byte aligned */
@@ -146,6 +158,12 @@ struct fp_job {
 	uint64_t pend_offer_round;
 	uint8_t pend_offer_digest[FP_DIGEST_BYTES];
 
+	/* iterative job: result digests offered per block (round = block + 1) */
+	bool iter_job;			  /* the last accepted spec was iterative */
+	char jobkey[1024];		  /* its settings without round and block */
+	uint8_t (*odig)[FP_DIGEST_BYTES]; /* (nlayers) */
+	bool *oknown;			  /* (nlayers) */
+
 	/* work */
 	uv_work_t work;
 	bool busy;
@@ -155,6 +173,7 @@ struct fp_job {
 	int wr;		 /* result */
 	char werr[512];	 /* fp_err_last() of the work thread */
 	bool w_pruned;	 /* the work pruned (else it found a mask on disk) */
+	bool w_iter;	 /* W_EVAL: the last block of an iterative job (merge the blocks) */
 	struct upload *w_up;
 	double w_ppl, w_dense;
 	uint64_t w_tokens;
@@ -201,6 +220,23 @@ static char *join(const char *dir, const char *name)
 	char *p = NULL;
 
 	if (asprintf(&p, "%s/%s", dir, name) < 0)
+		return NULL;
+	return p;
+}
+
+/* The tensors a round covers: every prunable matrix, or (iterative) the 7 of its block. */
+static void spec_range(const struct fp_job *j, const struct spec *sp, size_t *base, size_t *n)
+{
+	*base = sp->iterative ? (size_t)sp->block * FP_LIN_COUNT : 0;
+	*n = sp->iterative ? FP_LIN_COUNT : j->nmats;
+}
+
+/* <state_dir>/round-<round>; caller frees. */
+static char *round_dir(const struct fp_job *j, uint64_t round)
+{
+	char *p = NULL;
+
+	if (asprintf(&p, "%s/round-%" PRIu64, j->state_dir, round) < 0)
 		return NULL;
 	return p;
 }
@@ -510,7 +546,76 @@ struct sink_ctx {
 	struct fp_job *j;
 	struct fp_mask_writer *w;
 	size_t next; /* index of the next matrix */
+	size_t end;  /* one past the round's last matrix */
 };
+
+/* The published global masks of blocks 0 .. nblocks - 1 (iterative), loaded before a run. */
+struct fixed_ctx {
+	struct fp_job *j;
+	uint32_t nblocks;
+	struct fp_mask_set **set; /* (nblocks) 7 tensors each, names and shapes checked */
+};
+
+static int fixed_mask_cb(void *ctx, uint32_t block, enum fp_linear lin, uint8_t *bits,
+			 size_t nbytes)
+{
+	const struct fixed_ctx *f = ctx;
+
+	if (block >= f->nblocks || (unsigned)lin >= FP_LIN_COUNT ||
+	    f->set[block]->info[lin].nbytes != nbytes)
+		return fp_err_detail(-EINVAL, "no global mask of block %" PRIu32 " linear %d",
+				     block, (int)lin);
+	memcpy(bits, f->set[block]->bits[lin], nbytes);
+	return 0;
+}
+
+static void fixed_free(struct fixed_ctx *f)
+{
+	for (uint32_t i = 0; f->set && i < f->nblocks; i++)
+		fp_mask_set_free(f->set[i]);
+	free(f->set);
+	f->set = NULL;
+}
+
+/* Load <state_dir>/round-<k + 1>/global.fpmask of every block k < nblocks, checking that it
+ * holds exactly block k's matrices (names and shapes). */
+static int fixed_load(struct fp_job *j, uint32_t nblocks, struct fixed_ctx *f)
+{
+	int r = 0;
+
+	f->j = j;
+	f->nblocks = nblocks;
+	f->set = fp_callocarray(nblocks ? nblocks : 1, sizeof(*f->set));
+	if (!f->set)
+		return -ENOMEM;
+	for (uint32_t k = 0; k < nblocks && r == 0; k++) {
+		char *dir = round_dir(j, (uint64_t)k + 1), *path = dir ? join(dir, F_GLOBAL) : NULL;
+
+		if (!path) {
+			r = -ENOMEM;
+		} else {
+			r = fp_mask_set_load(path, &f->set[k]);
+			for (size_t i = 0; r == 0 && i < FP_LIN_COUNT; i++) {
+				size_t m = (size_t)k * FP_LIN_COUNT + i;
+				const struct fp_mask_info *mi = &f->set[k]->info[i];
+
+				if (f->set[k]->count != FP_LIN_COUNT ||
+				    strcmp(mi->name, j->names[m]) != 0 || mi->ndim != 2 ||
+				    mi->dims[0] != j->shape[m][0] || mi->dims[1] != j->shape[m][1])
+					r = fp_err_detail(-EINVAL,
+							  "%s: tensor %zu is not %s (%" PRIu64
+							  ", %" PRIu64 ")",
+							  path, i, j->names[m], j->shape[m][0],
+							  j->shape[m][1]);
+			}
+		}
+		free(path);
+		free(dir);
+	}
+	if (r < 0)
+		fixed_free(f);
+	return r;
+}
 
 static int prune_sink(void *ctx, const struct fp_prune_block *b)
 {
@@ -524,11 +629,11 @@ static int prune_sink(void *ctx, const struct fp_prune_block *b)
 	for (int w = 0; w < FP_LIN_COUNT; w++) {
 		const struct fp_prune_mat *pm = b->mat[w];
 
-		if (c->next >= j->nmats || strcmp(pm->name, j->names[c->next]) != 0 ||
+		if (c->next >= c->end || strcmp(pm->name, j->names[c->next]) != 0 ||
 		    pm->rows != j->shape[c->next][0] || pm->cols != j->shape[c->next][1])
 			return fp_err_detail(-EINVAL, "pruned matrix '%s' is not the expected '%s'",
 					     pm->name,
-					     c->next < j->nmats ? j->names[c->next] : "(none)");
+					     c->next < c->end ? j->names[c->next] : "(none)");
 		r = fp_mask_writer_add(c->w, b->mask[w], fp_mask_bytes(pm->rows * pm->cols));
 		if (r < 0)
 			return r;
@@ -564,6 +669,10 @@ static void spec_opts(const struct spec *sp, struct fp_prune_opts *o)
 		o->group = sp->group;
 	o->allocation = FP_SPARSITY_UNIFORM;
 	o->sequential = sp->sequential;
+	if (sp->iterative) {
+		o->first_block = sp->block;
+		o->num_blocks = 1;
+	}
 }
 
 static int check_model_digest(struct fp_job *j, struct fp_model *m)
@@ -589,9 +698,14 @@ static int w_prune(struct fp_job *j, double *ret_seconds, uint64_t *ret_tokens)
 	struct fp_prune_result res = { 0 };
 	struct fp_prune_info info = { 0 };
 	struct sink_ctx c = { .j = j };
+	struct fixed_ctx fx = { 0 };
 	char *path = NULL, *report = NULL, js[256];
+	size_t base, n;
 	int r;
 
+	spec_range(j, &j->sp, &base, &n);
+	c.next = base;
+	c.end = base + n;
 	r = fp_model_open(j->model, &m);
 	if (r < 0)
 		goto out;
@@ -601,6 +715,14 @@ static int w_prune(struct fp_job *j, double *ret_seconds, uint64_t *ret_tokens)
 	spec_opts(&j->sp, &o);
 	o.progress = prune_progress;
 	o.progress_ctx = j;
+	if (j->sp.iterative && j->sp.block > 0) {
+		/* The earlier blocks run with their published global masks applied. */
+		r = fixed_load(j, j->sp.block, &fx);
+		if (r < 0)
+			goto out;
+		o.fixed_mask = fixed_mask_cb;
+		o.fixed_ctx = &fx;
+	}
 	info.model_dir = j->model;
 	memcpy(info.model_digest, j->digest, sizeof(info.model_digest));
 	info.threads = fp_par_threads();
@@ -631,17 +753,22 @@ static int w_prune(struct fp_job *j, double *ret_seconds, uint64_t *ret_tokens)
 		r = -ENOMEM;
 		goto out;
 	}
-	r = fp_mask_writer_open(path, j->decls, j->nmats, &c.w);
+	r = fp_mask_writer_open(path, j->decls + base, n, &c.w);
 	if (r < 0)
 		goto out;
-	fp_log_info("pruning", "round=%" PRIu64 " method=%s blocks=%" PRIu32, j->sp.round,
-		    fp_prune_method_name(o.method), j->mcfg.nlayers);
+	if (j->sp.iterative)
+		fp_log_info(
+			"pruning", "round=%" PRIu64 " method=%s block=%" PRIu32 " blocks=%" PRIu32,
+			j->sp.round, fp_prune_method_name(o.method), j->sp.block, j->mcfg.nlayers);
+	else
+		fp_log_info("pruning", "round=%" PRIu64 " method=%s blocks=%" PRIu32, j->sp.round,
+			    fp_prune_method_name(o.method), j->mcfg.nlayers);
 	r = fp_prune_run(m, ds, &o, prune_sink, &c, &res);
 	if (r < 0)
 		goto out;
-	if (c.next != j->nmats) {
-		r = fp_err_detail(-EINVAL, "pruning produced %zu matrices, expected %zu", c.next,
-				  j->nmats);
+	if (c.next != c.end) {
+		r = fp_err_detail(-EINVAL, "pruning produced %zu matrices, expected %zu",
+				  c.next - base, n);
 		goto out;
 	}
 	r = fp_mask_writer_close(c.w);
@@ -669,6 +796,7 @@ static int w_prune(struct fp_job *j, double *ret_seconds, uint64_t *ret_tokens)
 		    j->sp.round, res.pruned, res.numel, res.t.total);
 out:
 	fp_mask_writer_abort(c.w);
+	fixed_free(&fx);
 	fp_prune_result_done(&res);
 	fp_data_free(ds);
 	fp_model_close(m);
@@ -711,10 +839,12 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 	struct upload *u = NULL;
 	uint8_t *buf = NULL;
 	char *path = join(j->dir, F_LOCAL);
+	size_t base, n;
 	int r;
 
 	if (!path)
 		return -ENOMEM;
+	spec_range(j, &j->sp, &base, &n);
 	u = calloc(1, sizeof(*u));
 	buf = malloc(j->max_nbytes ? j->max_nbytes : 1);
 	if (!u || !buf) {
@@ -724,10 +854,10 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 	u->fd = -1;
 	u->j = j;
 	u->round = j->sp.round;
-	u->n = j->nmats;
-	u->src = fp_callocarray(j->nmats, sizeof(*u->src));
-	u->t = fp_callocarray(j->nmats, sizeof(*u->t));
-	u->dig = fp_callocarray(j->nmats, sizeof(*u->dig));
+	u->n = n;
+	u->src = fp_callocarray(n, sizeof(*u->src));
+	u->t = fp_callocarray(n, sizeof(*u->t));
+	u->dig = fp_callocarray(n, sizeof(*u->dig));
 	if (!u->src || !u->t || !u->dig) {
 		r = -ENOMEM;
 		goto out;
@@ -740,19 +870,20 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 	r = fp_mask_reader_open(path, &rd);
 	if (r < 0)
 		goto out;
-	if (fp_mask_reader_count(rd) != j->nmats) {
-		r = fp_err_detail(-EINVAL, "%s: %zu tensors, the model has %zu prunable matrices",
-				  path, fp_mask_reader_count(rd), j->nmats);
+	if (fp_mask_reader_count(rd) != n) {
+		r = fp_err_detail(-EINVAL, "%s: %zu tensors, the round has %zu matrices", path,
+				  fp_mask_reader_count(rd), n);
 		goto out;
 	}
-	for (size_t i = 0; i < j->nmats; i++) {
+	for (size_t i = 0; i < n; i++) {
 		const struct fp_mask_info *mi = fp_mask_reader_info(rd, i);
+		size_t m = base + i;
 
-		if (strcmp(mi->name, j->names[i]) != 0 || mi->ndim != 2 ||
-		    mi->dims[0] != j->shape[i][0] || mi->dims[1] != j->shape[i][1]) {
+		if (strcmp(mi->name, j->names[m]) != 0 || mi->ndim != 2 ||
+		    mi->dims[0] != j->shape[m][0] || mi->dims[1] != j->shape[m][1]) {
 			r = fp_err_detail(
 				-EINVAL, "%s: tensor %zu '%s' is not %s (%" PRIu64 ", %" PRIu64 ")",
-				path, i, mi->name, j->names[i], j->shape[i][0], j->shape[i][1]);
+				path, i, mi->name, j->names[m], j->shape[m][0], j->shape[m][1]);
 			goto out;
 		}
 		if (cancelled(j)) {
@@ -773,9 +904,9 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 					  mi->name);
 			goto out;
 		}
-		u->src[i].name = j->names[i];
+		u->src[i].name = j->names[m];
 		u->src[i].kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS;
-		u->src[i].shape = j->shape[i];
+		u->src[i].shape = j->shape[m];
 		u->src[i].ndim = 2;
 		u->src[i].total_bytes = mi->nbytes;
 		u->src[i].read = up_read;
@@ -822,12 +953,42 @@ static int eval_one(struct fp_job *j, const char *dir, const struct fp_dataset *
 	return 0;
 }
 
+/*
+ * Iterative, after the last block: merge every block's global mask (round-<k + 1>/global.fpmask,
+ * block k) into <round dir>/final.fpmask, one tensor per prunable matrix in order.
+ */
+static int w_merge(struct fp_job *j, const char *path)
+{
+	struct fp_mask_writer *w = NULL;
+	struct fixed_ctx fx = { 0 };
+	int r;
+
+	r = fixed_load(j, j->mcfg.nlayers, &fx);
+	if (r == 0)
+		r = fp_mask_writer_open(path, j->decls, j->nmats, &w);
+	for (uint32_t k = 0; r == 0 && k < j->mcfg.nlayers; k++)
+		for (size_t i = 0; r == 0 && i < FP_LIN_COUNT; i++)
+			r = fp_mask_writer_add(w, fx.set[k]->bits[i], fx.set[k]->info[i].nbytes);
+	if (r == 0) {
+		r = fp_mask_writer_close(w);
+		w = NULL;
+	}
+	fp_mask_writer_abort(w);
+	fixed_free(&fx);
+	if (r == 0)
+		fp_log_info("global masks of every block merged",
+			    "round=%" PRIu64 " blocks=%" PRIu32 " file=%s", j->round,
+			    j->mcfg.nlayers, fp_q(path));
+	return r;
+}
+
 static int w_eval(struct fp_job *j)
 {
 	struct fp_mask_set *ms = NULL;
 	struct fp_dataset *ds = NULL;
 	struct fp_hfout_apply_stats ast;
-	char *gpath = join(j->dir, F_GLOBAL), *dflt = join(j->dir, D_MODEL), *marker = NULL;
+	char *gpath = join(j->dir, j->w_iter ? F_FINAL : F_GLOBAL);
+	char *dflt = join(j->dir, D_MODEL), *marker = NULL;
 	const char *out = j->output ? j->output : dflt;
 	char js[512];
 	double ppl = 0, dense = 0;
@@ -856,6 +1017,11 @@ static int w_eval(struct fp_job *j)
 				goto out;
 			}
 			nftw(out, rm_one, 16, FTW_DEPTH | FTW_PHYS); /* ours, from an earlier try */
+		}
+		if (j->w_iter) {
+			r = w_merge(j, gpath);
+			if (r < 0)
+				goto out;
 		}
 		r = fp_mask_set_load(gpath, &ms);
 		if (r < 0)
@@ -976,6 +1142,7 @@ static void queue_work(struct fp_job *j, enum work_kind k)
 
 	j->wk = k;
 	j->wround = j->round;
+	j->w_iter = j->have_spec && j->sp.iterative;
 	__atomic_store_n(&j->cancel, 0, __ATOMIC_RELAXED);
 	j->work.data = j;
 	j->st = k == W_EVAL ? J_EVALUATING : J_PRUNING;
@@ -997,6 +1164,10 @@ static void dl_reset(struct fp_job *j)
 	fp_mask_writer_abort(j->dl.w);
 	j->dl.w = NULL;
 	j->dl.active = false;
+	j->dl.iter = false;
+	j->dl.has_result = false;
+	free(j->dl.dir);
+	j->dl.dir = NULL;
 	j->dl.cur = 0;
 	j->dl.off = 0;
 	j->dl.tries = 0;
@@ -1013,7 +1184,8 @@ static int round_open(struct fp_job *j, uint64_t round)
 	dir = join(j->state_dir, name);
 	if (!dir)
 		return -ENOMEM;
-	dl_reset(j);
+	if (!j->dl.iter)
+		dl_reset(j); /* an earlier block's download (iterative) goes on */
 	free(j->dir);
 	j->dir = dir;
 	j->round = round;
@@ -1043,6 +1215,16 @@ static void spec_key(const struct fp_job *j, const struct spec *sp, char *buf, s
 		 sp->round, dg, fp_prune_method_name(sp->method), sp->sparsity, sp->nm_n, sp->nm_m,
 		 fp_group_name(sp->group), sp->seed, sp->nsamples, sp->seqlen, sp->sequential,
 		 j->nmats);
+	if (sp->iterative) {
+		/* Every setting the published masks of the earlier blocks depend on. */
+		size_t l = strlen(buf);
+
+		snprintf(buf + l, len - l,
+			 "iterative=1\nblock=%" PRIu32 "\nagg_group=%d\ntie_break=%d\n"
+			 "weight_by_tokens=%d\nweight_scaling=%d\n",
+			 sp->block, sp->agg_group, sp->tie_break, sp->weight_by_tokens,
+			 sp->weight_scaling);
+	}
 }
 
 static bool spec_equal(const struct fp_job *j, const struct spec *a, const struct spec *b)
@@ -1097,6 +1279,8 @@ static void start_round(struct fp_job *j, const struct spec *sp)
 	char key[1024];
 	char *old = NULL;
 
+	if (!sp->iterative && j->dl.iter)
+		dl_reset(j); /* a block of an iterative job: over */
 	if (round_open(j, sp->round) < 0)
 		return;
 	j->sp = *sp;
@@ -1109,6 +1293,7 @@ static void start_round(struct fp_job *j, const struct spec *sp)
 			remove_file(j->dir, F_EVAL);
 			remove_file(j->dir, F_APPLIED);
 			remove_file(j->dir, F_GLOBAL);
+			remove_file(j->dir, F_FINAL);
 			remove_file(j->dir, F_LOCALJS);
 			remove_file(j->dir, F_LOCAL);
 		}
@@ -1129,9 +1314,15 @@ static void start_round(struct fp_job *j, const struct spec *sp)
 	next_step(j);
 }
 
+static void iter_step(struct fp_job *j, bool retry, bool again);
+
 /* Continue the current round from what its directory holds. */
 static void next_step(struct fp_job *j)
 {
+	if (j->have_spec && j->sp.iterative) {
+		iter_step(j, true, false);
+		return;
+	}
 	if (load_eval(j)) {
 		fp_log_info("round already evaluated: reporting again", "round=%" PRIu64, j->round);
 		j->stats.resumed++;
@@ -1150,7 +1341,8 @@ static void next_step(struct fp_job *j)
 	}
 }
 
-static void start_download(struct fp_job *j, uint64_t round, const uint8_t *digest);
+static int start_download(struct fp_job *j, uint64_t round, const char *dir, size_t base, size_t n,
+			  const uint8_t *digest, bool iter);
 static void handle_spec(struct fp_job *j, const struct spec *sp);
 static void handle_offer(struct fp_job *j, uint64_t round, const uint8_t *digest);
 
@@ -1231,6 +1423,8 @@ static void after_work(uv_work_t *w, int status)
 		j->pend_offer_set = false;
 		handle_offer(j, j->pend_offer_round, j->pend_offer_digest);
 	}
+	if (!j->busy && j->have_spec && j->sp.iterative)
+		iter_step(j, false, false); /* e.g. this block's result was offered meanwhile */
 }
 
 /* ---- RoundSpec ---- */
@@ -1257,6 +1451,7 @@ static int parse_spec(struct fp_job *j, const Fedprune__RoundSpec *s, struct spe
 {
 	struct fp_prune_opts o;
 	uint64_t R = s->round_id;
+	size_t base, n;
 
 	memset(sp, 0, sizeof(*sp));
 	sp->round = R;
@@ -1278,9 +1473,24 @@ static int parse_spec(struct fp_job *j, const Fedprune__RoundSpec *s, struct spe
 				   " is for model %s, this client has model %s (%s)",
 				   R, a, b, j->model);
 	}
-	if (s->iterative)
-		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED, R,
-				   "iterative (per-block) rounds are not supported");
+	if (s->iterative) {
+		if (s->block >= j->mcfg.nlayers)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE, R,
+					   "iterative round for block %u, the model has %u blocks",
+					   s->block, j->mcfg.nlayers);
+		/* The client derives the rounds of the earlier blocks from this. */
+		if (R != (uint64_t)s->block + 1)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE, R,
+					   "iterative round %" PRIu64
+					   " prunes block %u: the round must be block + 1",
+					   R, s->block);
+		sp->iterative = true;
+		sp->block = s->block;
+	}
+	sp->agg_group = (int)s->agg_group;
+	sp->tie_break = (int)s->tie_break;
+	sp->weight_by_tokens = s->weight_by_tokens;
+	sp->weight_scaling = s->weight_scaling;
 	if (s->payload != FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS)
 		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED, R,
 				   "payload kind %d is not supported (mask bits only)", s->payload);
@@ -1350,17 +1560,17 @@ static int parse_spec(struct fp_job *j, const Fedprune__RoundSpec *s, struct spe
 		sp->seqlen = s->seqlen;
 		sp->seed = s->seed;
 	}
-	if (s->n_tensors != j->nmats)
-		return spec_refuse(
-			j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH, R,
-			"the spec names %zu tensors, the model has %zu prunable matrices",
-			s->n_tensors, j->nmats);
-	for (size_t i = 0; i < j->nmats; i++)
-		if (!s->tensors[i] || strcmp(s->tensors[i], j->names[i]) != 0)
+	spec_range(j, sp, &base, &n);
+	if (s->n_tensors != n)
+		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH, R,
+				   "the spec names %zu tensors, %s has %zu prunable matrices",
+				   s->n_tensors, sp->iterative ? "a block" : "the model", n);
+	for (size_t i = 0; i < n; i++)
+		if (!s->tensors[i] || strcmp(s->tensors[i], j->names[base + i]) != 0)
 			return spec_refuse(
 				j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH, R,
 				"tensor %zu of the spec is '%.200s', the model's is '%s'", i,
-				s->tensors[i] ? s->tensors[i] : "", j->names[i]);
+				s->tensors[i] ? s->tensors[i] : "", j->names[base + i]);
 	spec_opts(sp, &o);
 	fp_err_clear();
 	if (fp_prune_check_opts(&o, &j->mcfg) < 0)
@@ -1386,6 +1596,10 @@ static void handle_spec(struct fp_job *j, const struct spec *sp)
 	}
 	if (j->have_spec && sp->round == j->round && spec_equal(j, sp, &j->sp)) {
 		/* A repeated spec (the server sends it on every reconnect). */
+		if (sp->iterative) {
+			iter_step(j, true, false);
+			return;
+		}
 		if ((j->st == J_UPLOAD_FAILED || j->st == J_IDLE) && !j->up) {
 			fp_log_info("round spec repeated: resuming the round", "round=%" PRIu64,
 				    sp->round);
@@ -1398,9 +1612,11 @@ static void handle_spec(struct fp_job *j, const struct spec *sp)
 	}
 	fp_log_info("round started",
 		    "round=%" PRIu64 " method=%s sparsity=%g nm=%u:%u group=%s nsamples=%" PRIu32
-		    " seqlen=%" PRIu32 " seed=%" PRIu64 " sequential=%d",
+		    " seqlen=%" PRIu32 " seed=%" PRIu64
+		    " sequential=%d iterative=%d block=%" PRIu32,
 		    sp->round, fp_prune_method_name(sp->method), sp->sparsity, sp->nm_n, sp->nm_m,
-		    fp_group_name(sp->group), sp->nsamples, sp->seqlen, sp->seed, sp->sequential);
+		    fp_group_name(sp->group), sp->nsamples, sp->seqlen, sp->seed, sp->sequential,
+		    sp->iterative, sp->block);
 	start_round(j, sp);
 }
 
@@ -1416,38 +1632,58 @@ static void on_spec(struct fp_job *j, const Fedprune__RoundSpec *s)
 		j->pend_spec_set = false;
 		return;
 	}
+	j->iter_job = sp.iterative;
+	if (sp.iterative) {
+		/* Offered digests belong to one job: forget them when the settings change. */
+		struct spec k = sp;
+		char key[sizeof(j->jobkey)];
+
+		k.round = 0;
+		k.block = 0;
+		spec_key(j, &k, key, sizeof(key));
+		if (j->jobkey[0] && strcmp(key, j->jobkey) != 0)
+			memset(j->oknown, 0, j->mcfg.nlayers * sizeof(*j->oknown));
+		memcpy(j->jobkey, key, sizeof(key));
+	}
 	handle_spec(j, &sp);
 }
 
 /* ---- ResultOffer and the download ---- */
 
-/* Whether global.fpmask holds exactly the result with this digest. */
-static bool global_matches(struct fp_job *j, const uint8_t *digest)
+/*
+ * Whether dir/global.fpmask holds exactly the tensors j->names[base .. base + n) (names and
+ * shapes) and, if digest is not NULL, the result with this digest.
+ */
+static bool global_check(struct fp_job *j, const char *dir, size_t base, size_t n,
+			 const uint8_t *digest)
 {
 	struct fp_mask_reader *rd = NULL;
 	uint8_t(*dig)[FP_DIGEST_BYTES] = NULL;
 	uint8_t got[FP_DIGEST_BYTES];
-	char *path = join(j->dir, F_GLOBAL);
+	char *path = join(dir, F_GLOBAL);
 	bool ok = false;
 	int fd = -1;
 
-	if (!path || fp_mask_reader_open(path, &rd) < 0 || fp_mask_reader_count(rd) != j->nmats)
+	if (!path || fp_mask_reader_open(path, &rd) < 0 || fp_mask_reader_count(rd) != n)
 		goto out;
-	dig = fp_callocarray(j->nmats, sizeof(*dig));
+	dig = fp_callocarray(n, sizeof(*dig));
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (!dig || fd < 0)
 		goto out;
-	for (size_t i = 0; i < j->nmats; i++) {
+	for (size_t i = 0; i < n; i++) {
 		const struct fp_mask_info *mi = fp_mask_reader_info(rd, i);
+		size_t m = base + i;
 
-		if (strcmp(mi->name, j->names[i]) != 0 ||
+		if (strcmp(mi->name, j->names[m]) != 0 || mi->ndim != 2 ||
+		    mi->dims[0] != j->shape[m][0] || mi->dims[1] != j->shape[m][1] ||
 		    pread(fd, dig[i], FP_DIGEST_BYTES, (off_t)(mi->offset + mi->nbytes)) !=
 			    (ssize_t)FP_DIGEST_BYTES)
 			goto out;
 	}
-	ok = fp_submission_digest(j->name_ptr, (const uint8_t(*)[FP_DIGEST_BYTES])dig, j->nmats,
-				  got) == 0 &&
-	     memcmp(got, digest, FP_DIGEST_BYTES) == 0;
+	ok = !digest ||
+	     (fp_submission_digest(j->name_ptr + base, (const uint8_t(*)[FP_DIGEST_BYTES])dig, n,
+				   got) == 0 &&
+	      memcmp(got, digest, FP_DIGEST_BYTES) == 0);
 out:
 	if (fd >= 0)
 		close(fd);
@@ -1463,7 +1699,7 @@ static void request(struct fp_job *j)
 	Fedprune__ResultRequest q = FEDPRUNE__RESULT_REQUEST__INIT;
 
 	q.round_id = j->dl.round;
-	q.tensor = j->names[j->dl.cur];
+	q.tensor = j->names[j->dl.base + j->dl.cur];
 	q.offset = j->dl.off;
 	e.version = FP_PROTO_VERSION;
 	e.msg_case = FEDPRUNE__ENVELOPE__MSG_RESULT_REQUEST;
@@ -1478,43 +1714,58 @@ static void tensor_restart(struct fp_job *j)
 	crypto_generichash_init(j->dl.h, NULL, 0, FP_DIGEST_BYTES);
 }
 
-static void start_download(struct fp_job *j, uint64_t round, const uint8_t *digest)
+/*
+ * Download the result of round into dir/global.fpmask: tensors j->names[base .. base + n),
+ * checked against digest (the offer's result_digest) unless it is NULL (an earlier block of an
+ * iterative job that was not offered on this connection: each tensor's digest is checked).
+ * iter: the download is not tied to j->round. Returns 0 or -errno (logged, Error sent).
+ */
+static int start_download(struct fp_job *j, uint64_t round, const char *dir, size_t base, size_t n,
+			  const uint8_t *digest, bool iter)
 {
-	char *path = join(j->dir, F_GLOBAL);
-	int r;
+	char *path = join(dir, F_GLOBAL);
+	int r = -ENOMEM;
 
 	dl_reset(j);
-	if (!path) {
-		j->st = J_FAILED;
-		return;
-	}
-	r = fp_mask_writer_open(path, j->decls, j->nmats, &j->dl.w);
+	j->dl.dir = fp_strdup(dir);
+	if (path && j->dl.dir)
+		r = fp_mask_writer_open(path, j->decls + base, n, &j->dl.w);
 	free(path);
 	if (r < 0) {
 		fp_log_err("cannot write the global mask", "round=%" PRIu64 " detail=%s", round,
 			   fp_q(fp_err_last()));
 		send_error(j, FEDPRUNE__ERROR_CODE__ERROR_INTERNAL,
 			   "client cannot write its state directory");
-		j->st = J_FAILED;
-		return;
+		dl_reset(j);
+		return r;
 	}
 	j->dl.active = true;
+	j->dl.iter = iter;
 	j->dl.round = round;
-	memcpy(j->dl.result, digest, FP_DIGEST_BYTES);
+	j->dl.base = base;
+	j->dl.n = n;
+	j->dl.has_result = digest != NULL;
+	if (digest)
+		memcpy(j->dl.result, digest, FP_DIGEST_BYTES);
 	tensor_restart(j);
-	j->st = J_DOWNLOADING;
-	fp_log_info("downloading the global mask", "round=%" PRIu64 " tensors=%zu", round,
-		    j->nmats);
+	fp_log_info("downloading the global mask", "round=%" PRIu64 " tensors=%zu offered=%d",
+		    round, n, digest != NULL);
 	request(j);
+	return 0;
 }
 
 /* Drop the download; the next ResultOffer (sent on every reconnect) starts it over. */
 static void dl_give_up(struct fp_job *j, const char *why)
 {
+	bool iter = j->dl.iter;
+
 	fp_log_err("global mask download abandoned", "round=%" PRIu64 " reason=%s", j->dl.round,
 		   fp_q(why));
 	dl_reset(j);
-	j->st = J_WAITING;
+	if (!iter)
+		j->st = J_WAITING;
+	else if (j->st == J_DOWNLOADING || j->st == J_FETCHING)
+		j->st = J_IDLE; /* a repeated spec or offer tries again */
 }
 
 /* Refuse a result chunk: log, tell the server, ask again from the tensor's start. */
@@ -1545,15 +1796,17 @@ static void chunk_refuse(struct fp_job *j, Fedprune__ErrorCode code, const char 
 static void download_finish(struct fp_job *j)
 {
 	uint8_t got[FP_DIGEST_BYTES];
+	bool iter = j->dl.iter;
+	uint64_t round = j->dl.round;
 	int r;
 
-	r = fp_submission_digest(j->name_ptr, (const uint8_t(*)[FP_DIGEST_BYTES])j->dl.dig,
-				 j->nmats, got);
+	r = fp_submission_digest(j->name_ptr + j->dl.base,
+				 (const uint8_t(*)[FP_DIGEST_BYTES])j->dl.dig, j->dl.n, got);
 	if (r < 0) {
 		dl_give_up(j, "out of memory");
 		return;
 	}
-	if (memcmp(got, j->dl.result, FP_DIGEST_BYTES) != 0) {
+	if (j->dl.has_result && memcmp(got, j->dl.result, FP_DIGEST_BYTES) != 0) {
 		j->stats.chunks_refused++;
 		fp_log_err("global mask refused: result digest mismatch", "round=%" PRIu64,
 			   j->dl.round);
@@ -1564,18 +1817,22 @@ static void download_finish(struct fp_job *j)
 	}
 	r = fp_mask_writer_close(j->dl.w);
 	j->dl.w = NULL;
-	j->dl.active = false;
 	if (r < 0) {
 		fp_log_err("cannot write the global mask", "round=%" PRIu64 " detail=%s",
 			   j->dl.round, fp_q(fp_err_last()));
 		send_error(j, FEDPRUNE__ERROR_CODE__ERROR_INTERNAL,
 			   "client cannot write its state directory");
+		dl_reset(j);
 		j->st = J_FAILED;
 		return;
 	}
 	j->stats.downloads++;
-	fp_log_info("global mask written", "round=%" PRIu64 " tensors=%zu", j->dl.round, j->nmats);
-	queue_work(j, W_EVAL);
+	fp_log_info("global mask written", "round=%" PRIu64 " tensors=%zu", round, j->dl.n);
+	dl_reset(j);
+	if (iter)
+		iter_step(j, false, false);
+	else
+		queue_work(j, W_EVAL);
 }
 
 static void on_chunk(struct fp_job *j, const Fedprune__TensorChunk *c)
@@ -1584,9 +1841,10 @@ static void on_chunk(struct fp_job *j, const Fedprune__TensorChunk *c)
 	const char *name;
 	uint64_t total, len = c->data.len;
 	uint8_t got[FP_DIGEST_BYTES];
+	size_t m;
 	int r;
 
-	if (!d->active || j->st != J_DOWNLOADING || c->round_id != d->round) {
+	if (!d->active || c->round_id != d->round) {
 		j->stats.chunks_refused++;
 		fp_log_warn("unexpected result chunk ignored", "round=%" PRIu64 " tensor=%s",
 			    c->round_id, fp_q(c->tensor));
@@ -1594,8 +1852,9 @@ static void on_chunk(struct fp_job *j, const Fedprune__TensorChunk *c)
 			   "result chunk without a request");
 		return;
 	}
-	name = j->names[d->cur];
-	total = fp_mask_bytes(j->shape[d->cur][0] * j->shape[d->cur][1]);
+	m = d->base + d->cur;
+	name = j->names[m];
+	total = fp_mask_bytes(j->shape[m][0] * j->shape[m][1]);
 	if (strcmp(c->tensor, name) != 0) {
 		chunk_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_OUT_OF_ORDER,
 			     "chunk of tensor '%.200s', asked for '%s'", c->tensor, name);
@@ -1616,14 +1875,14 @@ static void on_chunk(struct fp_job *j, const Fedprune__TensorChunk *c)
 		chunk_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH,
 			     "tensor '%s': total_bytes %" PRIu64 ", the mask of (%" PRIu64
 			     ", %" PRIu64 ") has %" PRIu64,
-			     name, c->total_bytes, j->shape[d->cur][0], j->shape[d->cur][1], total);
+			     name, c->total_bytes, j->shape[m][0], j->shape[m][1], total);
 		return;
 	}
-	if (c->offset == 0 && (c->n_shape != 2 || c->shape[0] != j->shape[d->cur][0] ||
-			       c->shape[1] != j->shape[d->cur][1])) {
+	if (c->offset == 0 &&
+	    (c->n_shape != 2 || c->shape[0] != j->shape[m][0] || c->shape[1] != j->shape[m][1])) {
 		chunk_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH,
 			     "tensor '%s': shape of %zu dims is not (%" PRIu64 ", %" PRIu64 ")",
-			     name, c->n_shape, j->shape[d->cur][0], j->shape[d->cur][1]);
+			     name, c->n_shape, j->shape[m][0], j->shape[m][1]);
 		return;
 	}
 	if (len == 0 || len > total - d->off) {
@@ -1666,7 +1925,7 @@ static void on_chunk(struct fp_job *j, const Fedprune__TensorChunk *c)
 	memcpy(d->dig[d->cur], got, FP_DIGEST_BYTES);
 	d->cur++;
 	d->tries = 0;
-	if (d->cur == j->nmats) {
+	if (d->cur == d->n) {
 		download_finish(j);
 		return;
 	}
@@ -1690,7 +1949,9 @@ static void handle_offer(struct fp_job *j, uint64_t round, const uint8_t *digest
 		__atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED); /* the result is out */
 		return;
 	}
-	if (round != j->round) {
+	if (round != j->round || j->dl.iter) {
+		if (j->dl.iter)
+			dl_reset(j);
 		if (round_open(j, round) < 0)
 			return;
 	}
@@ -1711,7 +1972,7 @@ static void handle_offer(struct fp_job *j, uint64_t round, const uint8_t *digest
 		return;
 	}
 	if (exists(j->dir, F_GLOBAL)) {
-		if (global_matches(j, digest)) {
+		if (global_check(j, j->dir, 0, j->nmats, digest)) {
 			fp_log_info("global mask already downloaded", "round=%" PRIu64, round);
 			queue_work(j, W_EVAL);
 			return;
@@ -1719,13 +1980,210 @@ static void handle_offer(struct fp_job *j, uint64_t round, const uint8_t *digest
 		remove_file(j->dir, F_EVAL);
 		remove_file(j->dir, F_APPLIED);
 	}
-	start_download(j, round, digest);
+	if (start_download(j, round, j->dir, 0, j->nmats, digest, false) < 0)
+		j->st = J_FAILED;
+	else
+		j->st = J_DOWNLOADING;
+}
+
+/* ---- iterative FedPrLLM: one round per block, round = block + 1 ---- */
+
+/* The spec of block k's round in the current job (the same settings, another block). */
+static void block_key(const struct fp_job *j, uint32_t k, char *key, size_t len)
+{
+	struct spec s = j->sp;
+
+	s.round = (uint64_t)k + 1;
+	s.block = k;
+	spec_key(j, &s, key, len);
+}
+
+/*
+ * Whether block k's global mask of the current job is on disk: round-<k + 1>/ holds this job's
+ * settings and a global mask of block k's matrices, equal to the offered result if one was
+ * offered. A mask that is not the offered one is removed (it is fetched again).
+ */
+static bool block_ready(struct fp_job *j, uint32_t k)
+{
+	char key[1024], *old = NULL, *dir = round_dir(j, (uint64_t)k + 1);
+	bool ok = false;
+
+	if (!dir)
+		return false;
+	block_key(j, k, key, sizeof(key));
+	if (read_small(dir, F_SPEC, &old) < 0 || strcmp(old, key) != 0 || !exists(dir, F_GLOBAL))
+		goto out;
+	ok = global_check(j, dir, (size_t)k * FP_LIN_COUNT, FP_LIN_COUNT,
+			  j->oknown[k] ? j->odig[k] : NULL);
+	if (!ok) {
+		fp_log_warn("stored global mask is not the published one: fetching it again",
+			    "round=%" PRIu64 " block=%" PRIu32 " dir=%s", (uint64_t)k + 1, k,
+			    fp_q(dir));
+		remove_file(dir, F_GLOBAL);
+		remove_file(dir, F_FINAL);
+		remove_file(dir, F_APPLIED);
+		remove_file(dir, F_EVAL);
+	}
+out:
+	free(old);
+	free(dir);
+	return ok;
+}
+
+/* Fetch block k's global mask (round k + 1) into its round directory, which gets this job's
+ * settings (a directory left by another job is emptied first). */
+static void iter_fetch(struct fp_job *j, uint32_t k)
+{
+	char key[1024], *old = NULL, *dir = round_dir(j, (uint64_t)k + 1);
+	int r = dir ? 0 : -ENOMEM;
+
+	block_key(j, k, key, sizeof(key));
+	if (r == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+		r = fp_err_detail(-errno, "%s: cannot create: %s", dir, strerror(errno));
+	if (r == 0 && (read_small(dir, F_SPEC, &old) < 0 || strcmp(old, key) != 0)) {
+		static const char *const files[] = { F_EVAL,	F_APPLIED, F_GLOBAL, F_FINAL,
+						     F_LOCALJS, F_LOCAL,   F_REPORT };
+
+		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+			remove_file(dir, files[i]);
+		r = write_small(dir, F_SPEC, key);
+	}
+	free(old);
+	if (r == 0) {
+		fp_log_info("fetching the global mask of an earlier block",
+			    "round=%" PRIu64 " block=%" PRIu32 " for_round=%" PRIu64 " offered=%d",
+			    (uint64_t)k + 1, k, j->round, j->oknown[k]);
+		r = start_download(j, (uint64_t)k + 1, dir, (size_t)k * FP_LIN_COUNT, FP_LIN_COUNT,
+				   j->oknown[k] ? j->odig[k] : NULL, true);
+	} else {
+		fp_log_err("cannot write the round state", "round=%" PRIu64 " detail=%s",
+			   (uint64_t)k + 1, fp_q(fp_err_last()));
+		send_error(j, FEDPRUNE__ERROR_CODE__ERROR_INTERNAL,
+			   "client cannot write its state directory");
+	}
+	free(dir);
+	j->st = r < 0 ? J_FAILED : J_FETCHING;
+}
+
+/*
+ * The iterative round's next step, from what the state directory holds: fetch the global masks
+ * of the earlier blocks that are missing (one download at a time), then prune this block
+ * (only once they are all in), upload, download this block's result once it is offered, and
+ * after the last block merge, apply and evaluate. retry: a repeated spec (a failed upload or
+ * pruning is tried again); again: this round's result was offered again (report again).
+ */
+static void iter_step(struct fp_job *j, bool retry, bool again)
+{
+	uint32_t b = j->sp.block;
+
+	if (!j->have_spec || !j->sp.iterative || j->busy || j->stopping)
+		return;
+	if (j->st == J_DONE) {
+		if (again) {
+			fp_log_info("result offered again: reporting again", "round=%" PRIu64,
+				    j->round);
+			send_report(j);
+		}
+		return;
+	}
+	if (j->dl.active) {
+		if (j->dl.round != j->round && j->st == J_IDLE)
+			j->st = J_FETCHING; /* pruning waits for the earlier block */
+		return;
+	}
+	if (j->st == J_FAILED && !retry)
+		return;
+	for (uint32_t k = 0; k < b; k++) {
+		if (!block_ready(j, k)) {
+			iter_fetch(j, k);
+			return;
+		}
+	}
+	if (block_ready(j, b)) {
+		if (b + 1 < j->mcfg.nlayers) {
+			if (j->st != J_BLOCK_DONE)
+				fp_log_info("block done: waiting for the next block's round",
+					    "round=%" PRIu64 " block=%" PRIu32, j->round, b);
+			j->st = J_BLOCK_DONE;
+			return;
+		}
+		if (load_eval(j)) {
+			fp_log_info("round already evaluated: reporting again", "round=%" PRIu64,
+				    j->round);
+			j->stats.resumed++;
+			round_done(j);
+			return;
+		}
+		fp_log_info("every block's global mask is in: building the final model",
+			    "round=%" PRIu64 " blocks=%" PRIu32, j->round, j->mcfg.nlayers);
+		queue_work(j, W_EVAL);
+		return;
+	}
+	if (j->oknown[b]) {
+		remove_file(j->dir, F_EVAL);
+		remove_file(j->dir, F_APPLIED);
+		if (start_download(j, j->round, j->dir, (size_t)b * FP_LIN_COUNT, FP_LIN_COUNT,
+				   j->odig[b], true) < 0)
+			j->st = J_FAILED;
+		else
+			j->st = J_DOWNLOADING;
+		return;
+	}
+	switch (j->st) {
+	case J_IDLE:
+	case J_FETCHING:
+		break;
+	case J_UPLOAD_FAILED:
+	case J_FAILED:
+		if (retry && !j->up)
+			break;
+		return;
+	default:
+		return; /* uploading or uploaded: the result comes with an offer */
+	}
+	if (exists(j->dir, F_LOCAL) && exists(j->dir, F_LOCALJS)) {
+		fp_log_info("local mask present: checking it before the upload", "round=%" PRIu64,
+			    j->round);
+		queue_work(j, W_PREPARE);
+	} else {
+		queue_work(j, W_PRUNE);
+	}
+}
+
+/* An iterative round's result (block round - 1): remember its digest and go on. */
+static void handle_iter_offer(struct fp_job *j, uint64_t round, const uint8_t *digest)
+{
+	uint32_t b = (uint32_t)(round - 1);
+
+	if (round == j->mismatch_round) {
+		fp_log_warn("result of a round this client did not take part in ignored",
+			    "round=%" PRIu64, round);
+		return;
+	}
+	memcpy(j->odig[b], digest, FP_DIGEST_BYTES);
+	j->oknown[b] = true;
+	if (j->dl.active && j->dl.round == round && !j->dl.has_result) {
+		j->dl.has_result = true; /* fetched unoffered: now checked against the offer */
+		memcpy(j->dl.result, digest, FP_DIGEST_BYTES);
+	}
+	if (j->busy) {
+		if ((j->wk == W_PRUNE || j->wk == W_PREPARE) && j->wround == round)
+			__atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED); /* the result is out */
+		return;							   /* after the work */
+	}
+	if (!j->have_spec || !j->sp.iterative || round > j->round) {
+		fp_log_info("result of a block kept until its round's spec",
+			    "round=%" PRIu64 " block=%" PRIu32, round, b);
+		return;
+	}
+	iter_step(j, false, round == j->round);
 }
 
 static void on_offer(struct fp_job *j, const Fedprune__ResultOffer *o)
 {
 	const char *why = NULL;
 	char msg[512];
+	bool full = false, block = false;
 
 	if (!o->round_id)
 		why = "round_id 0";
@@ -1733,11 +2191,20 @@ static void on_offer(struct fp_job *j, const Fedprune__ResultOffer *o)
 		why = "personalised results are not supported";
 	else if (o->result_digest.len != FP_DIGEST_BYTES)
 		why = "result_digest is not 32 bytes";
-	else if (o->n_tensors != j->nmats)
-		why = "the result does not cover exactly the model's prunable matrices";
-	for (size_t i = 0; !why && i < j->nmats; i++)
-		if (!o->tensors[i] || strcmp(o->tensors[i], j->names[i]) != 0)
-			why = "the result's tensors are not the model's prunable matrices in order";
+	if (!why) {
+		/* One-shot: every prunable matrix. Iterative: the 7 of block round_id - 1. */
+		size_t base = (size_t)(o->round_id - 1) * FP_LIN_COUNT;
+
+		full = o->n_tensors == j->nmats;
+		for (size_t i = 0; full && i < j->nmats; i++)
+			full = o->tensors[i] && strcmp(o->tensors[i], j->names[i]) == 0;
+		block = o->round_id <= j->mcfg.nlayers && o->n_tensors == FP_LIN_COUNT;
+		for (size_t i = 0; block && i < FP_LIN_COUNT; i++)
+			block = o->tensors[i] && strcmp(o->tensors[i], j->names[base + i]) == 0;
+		if (!full && !block)
+			why = "the result's tensors are neither the model's prunable matrices nor "
+			      "block round_id - 1's, in order";
+	}
 	if (why) {
 		snprintf(msg, sizeof(msg), "result_offer of round %" PRIu64 ": %s", o->round_id,
 			 why);
@@ -1746,8 +2213,11 @@ static void on_offer(struct fp_job *j, const Fedprune__ResultOffer *o)
 		send_error(j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH, msg);
 		return;
 	}
-	fp_log_info("result offered", "round=%" PRIu64, o->round_id);
-	handle_offer(j, o->round_id, o->result_digest.data);
+	fp_log_info("result offered", "round=%" PRIu64 " tensors=%zu", o->round_id, o->n_tensors);
+	if (block && (j->iter_job || !full))
+		handle_iter_offer(j, o->round_id, o->result_digest.data);
+	else
+		handle_offer(j, o->round_id, o->result_digest.data);
 }
 
 /* ---- link callbacks ---- */
@@ -1757,7 +2227,7 @@ void fp_job_on_ready(struct fp_job *j, const Fedprune__Welcome *w)
 	(void)w;
 	if (j->stopping)
 		return;
-	if (j->st == J_DOWNLOADING && j->dl.active)
+	if (j->dl.active)
 		request(j); /* resume the download where it stood */
 	if (j->report_pending)
 		send_report(j);
@@ -1788,7 +2258,7 @@ void fp_job_on_msg(struct fp_job *j, const Fedprune__Envelope *e)
 		/* Logged by the link. An error while a result tensor is requested is most
 		 * likely its answer: ask again, a bounded number of times. (A fatal one closes
 		 * the connection; the download resumes after the reconnect.) */
-		if (j->st == J_DOWNLOADING && j->dl.active && !e->error->fatal) {
+		if (j->dl.active && !e->error->fatal) {
 			if (++j->dl.tries > CHUNK_RETRIES) {
 				dl_give_up(j, e->error->message);
 			} else {
@@ -1880,7 +2350,9 @@ int fp_job_new(uv_loop_t *loop, const struct fp_job_cfg *cfg, struct fp_job **re
 	}
 	j->dl.buf = malloc(j->max_nbytes ? j->max_nbytes : 1);
 	j->dl.dig = fp_callocarray(j->nmats ? j->nmats : 1, sizeof(*j->dl.dig));
-	if (!j->dl.buf || !j->dl.dig) {
+	j->odig = fp_callocarray(j->mcfg.nlayers ? j->mcfg.nlayers : 1, sizeof(*j->odig));
+	j->oknown = fp_callocarray(j->mcfg.nlayers ? j->mcfg.nlayers : 1, sizeof(*j->oknown));
+	if (!j->dl.buf || !j->dl.dig || !j->odig || !j->oknown) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -1941,6 +2413,9 @@ void fp_job_free(struct fp_job *j)
 	free(j->dl.h);
 	free(j->dl.buf);
 	free(j->dl.dig);
+	free(j->dl.dir);
+	free(j->odig);
+	free(j->oknown);
 	free(j->names);
 	free(j->name_ptr);
 	free(j->shape);

@@ -8,6 +8,12 @@
  *   ResultOffer -> download (ResultRequest / TensorChunk, digests checked) into global.fpmask
  *   -> mask applied to the model and held-out perplexity measured off the loop -> EvalReport.
  *
+ * Iterative FedPrLLM (RoundSpec.iterative; round = block + 1, tensors = that block's 7
+ * matrices): before pruning block b the global masks of blocks 0 .. b-1 are on disk (downloaded
+ * from the offers, or fetched with ResultRequest by round id); block b alone is pruned with them
+ * applied to the earlier blocks; after the last block's result every block's mask is merged,
+ * applied and evaluated, and only then is the EvalReport sent (and on_done called).
+ *
  * Every step leaves a file in the round directory, so a restarted client resumes from the last
  * completed step. Everything from the server is validated; a refusal is logged and answered
  * with an Error message (never fatal, the client stays connected and waits).

@@ -5,8 +5,13 @@
  * refused with MODEL_MISMATCH (and bad specs with their codes), the global mask is downloaded
  * (a corrupted chunk refused and fetched again) and written, the EvalReport has a finite
  * perplexity and the held-out token count, a download cut by a lost connection resumes after
- * the reconnect, a restarted client resumes from its state directory without pruning again, and a result that is always corrupt is given up. Every
- * case ends with uv_loop_close() == 0.
+ * the reconnect, a restarted client resumes from its state directory without pruning again, and
+ * a result that is always corrupt is given up. Iterative rounds (one per block): each block's
+ * upload equals fp_prune_run of that block alone with the published masks of the earlier blocks
+ * applied, pruning waits for the previous block's download (held up by the fake server), the
+ * EvalReport comes only after the last block (final mask = every block's), a late client
+ * fetches a block it was never offered with ResultRequest, a restart reports from its files.
+ * Every case ends with uv_loop_close() == 0.
  */
 #include "test.h"
 
@@ -75,6 +80,17 @@ struct fake {
 	int corrupt_left;   /* ... this many times (-1: always) */
 	int requests;
 	int drop_at; /* close the connection instead of answering request number drop_at */
+	/* iterative: round r prunes block r - 1; the result of block k = F.global's block k */
+	bool iter;
+	uint64_t cur_round;	/* the round whose spec is sent (0: none) */
+	uint8_t bres[NMAX][32]; /* result digest of each block */
+	int req_round[NMAX];	/* requests per round id */
+	uint64_t hold_round;	/* requests for this round are held ... */
+	bool held;		/* ... one is */
+	uint64_t held_round, held_off;
+	char held_tensor[96];
+	uint64_t commit_round; /* round of the last commit */
+	int prunes_at_release; /* client's prunes when the held request was answered */
 	/* what the client said */
 	int errors[64];
 	int nerrors;
@@ -105,11 +121,16 @@ static void send_spec(void)
 	assert_int_equal(fp_session_send(F.sess, &e), 0);
 }
 
+static void send_block_offer(uint64_t round);
+
 static void on_kick(uv_timer_t *t)
 {
 	(void)t;
-	if (F.spec_on_hello && F.sess && F.sess->conn)
-		send_spec();
+	if (!F.spec_on_hello || !F.sess || !F.sess->conn)
+		return;
+	if (F.iter && F.cur_round > 1)
+		send_block_offer(F.cur_round - 1); /* as the server does on every (re)connect */
+	send_spec();
 }
 
 static int on_hello(struct fp_srv *srv, struct fp_session *s, const Fedprune__Hello *h)
@@ -149,6 +170,7 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 	(void)srv;
 	(void)s;
 	F.commits++;
+	F.commit_round = c->round_id;
 	F.commit_tokens = c->tokens;
 	F.commit_seconds = c->seconds;
 	return 0;
@@ -172,15 +194,56 @@ static int h_report(struct fp_srv *srv, struct fp_session *s, const Fedprune__En
 	return 0;
 }
 
-static int h_request(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+/* Answer a result request with one chunk. */
+static int serve(struct fp_session *s, uint64_t round, const char *tensor, uint64_t offset)
 {
-	const Fedprune__ResultRequest *q = e->result_request;
 	Fedprune__Envelope out = FEDPRUNE__ENVELOPE__INIT;
 	Fedprune__TensorChunk c = FEDPRUNE__TENSOR_CHUNK__INIT;
 	uint8_t buf[SERVE_SIZE];
 	uint64_t shape[2];
-	int i = tensor_index(q->tensor);
+	int i = tensor_index(tensor);
 	uint64_t total, len;
+
+	assert_true(i >= 0);
+	if (F.iter) /* round r: the 7 matrices of block r - 1 */
+		assert_int_equal((uint64_t)i / FP_LIN_COUNT + 1, round);
+	else
+		assert_int_equal(round, ROUND);
+	total = F.global->info[i].nbytes;
+	assert_true(offset < total);
+	len = total - offset < SERVE_SIZE ? total - offset : SERVE_SIZE;
+	memcpy(buf, F.global->bits[i] + offset, len);
+	if (i == F.corrupt_tensor && F.corrupt_left != 0) {
+		buf[0] ^= 0x10;
+		if (F.corrupt_left > 0 && offset + len == total)
+			F.corrupt_left--;
+	}
+	c.round_id = round;
+	c.tensor = F.names[i];
+	c.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS;
+	if (offset == 0) {
+		shape[0] = F.global->info[i].dims[0];
+		shape[1] = F.global->info[i].dims[1];
+		c.shape = shape;
+		c.n_shape = 2;
+	}
+	c.offset = offset;
+	c.data.data = buf;
+	c.data.len = len;
+	c.total_bytes = total;
+	if (offset + len == total) {
+		c.tensor_digest.data = F.gdig[i];
+		c.tensor_digest.len = 32;
+	}
+	out.version = FP_PROTO_VERSION;
+	out.msg_case = FEDPRUNE__ENVELOPE__MSG_CHUNK;
+	out.chunk = &c;
+	return fp_session_send(s, &out);
+}
+
+static int h_request(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
+{
+	const Fedprune__ResultRequest *q = e->result_request;
 
 	(void)srv;
 	F.requests++;
@@ -189,38 +252,17 @@ static int h_request(struct fp_srv *srv, struct fp_session *s, const Fedprune__E
 		fp_conn_abort(s->conn, -ECONNRESET, "%s", "test: cable pulled");
 		return 0;
 	}
-	assert_true(i >= 0);
-	assert_int_equal(q->round_id, ROUND);
-	total = F.global->info[i].nbytes;
-	assert_true(q->offset < total);
-	len = total - q->offset < SERVE_SIZE ? total - q->offset : SERVE_SIZE;
-	memcpy(buf, F.global->bits[i] + q->offset, len);
-	if (i == F.corrupt_tensor && F.corrupt_left != 0) {
-		buf[0] ^= 0x10;
-		if (F.corrupt_left > 0 && q->offset + len == total)
-			F.corrupt_left--;
+	if (q->round_id < NMAX)
+		F.req_round[q->round_id]++;
+	if (F.hold_round && q->round_id == F.hold_round) {
+		assert_false(F.held); /* one request at a time */
+		F.held = true;
+		F.held_round = q->round_id;
+		F.held_off = q->offset;
+		snprintf(F.held_tensor, sizeof(F.held_tensor), "%s", q->tensor);
+		return 0;
 	}
-	c.round_id = q->round_id;
-	c.tensor = q->tensor;
-	c.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS;
-	if (q->offset == 0) {
-		shape[0] = F.global->info[i].dims[0];
-		shape[1] = F.global->info[i].dims[1];
-		c.shape = shape;
-		c.n_shape = 2;
-	}
-	c.offset = q->offset;
-	c.data.data = buf;
-	c.data.len = len;
-	c.total_bytes = total;
-	if (q->offset + len == total) {
-		c.tensor_digest.data = F.gdig[i];
-		c.tensor_digest.len = 32;
-	}
-	out.version = FP_PROTO_VERSION;
-	out.msg_case = FEDPRUNE__ENVELOPE__MSG_CHUNK;
-	out.chunk = &c;
-	return fp_session_send(s, &out);
+	return serve(s, q->round_id, q->tensor, q->offset);
 }
 
 static void send_offer(void)
@@ -232,6 +274,34 @@ static void send_offer(void)
 	o.tensors = F.name_ptr;
 	o.n_tensors = F.n;
 	o.result_digest.data = F.result;
+	o.result_digest.len = 32;
+	e.version = FP_PROTO_VERSION;
+	e.msg_case = FEDPRUNE__ENVELOPE__MSG_RESULT_OFFER;
+	e.result_offer = &o;
+	assert_int_equal(fp_session_send(F.sess, &e), 0);
+}
+
+/* Iterative: the spec of round r (block r - 1). */
+static void set_block_spec(uint64_t round)
+{
+	F.cur_round = round;
+	F.spec.round_id = round;
+	F.spec.iterative = true;
+	F.spec.block = (uint32_t)(round - 1);
+	F.spec.tensors = F.name_ptr + (round - 1) * FP_LIN_COUNT;
+	F.spec.n_tensors = FP_LIN_COUNT;
+}
+
+/* Iterative: the result offer of round r (block r - 1's 7 matrices). */
+static void send_block_offer(uint64_t round)
+{
+	Fedprune__Envelope e = FEDPRUNE__ENVELOPE__INIT;
+	Fedprune__ResultOffer o = FEDPRUNE__RESULT_OFFER__INIT;
+
+	o.round_id = round;
+	o.tensors = F.name_ptr + (round - 1) * FP_LIN_COUNT;
+	o.n_tensors = FP_LIN_COUNT;
+	o.result_digest.data = F.bres[round - 1];
 	o.result_digest.len = 32;
 	e.version = FP_PROTO_VERSION;
 	e.msg_case = FEDPRUNE__ENVELOPE__MSG_RESULT_OFFER;
@@ -383,6 +453,12 @@ static void make_global(void)
 	assert_int_equal(fp_submission_digest((const char *const *)F.name_ptr,
 					      (const uint8_t(*)[32])F.gdig, F.n, F.result),
 			 0);
+	for (size_t k = 0; k < F.n / FP_LIN_COUNT; k++)
+		assert_int_equal(
+			fp_submission_digest((const char *const *)F.name_ptr + k * FP_LIN_COUNT,
+					     (const uint8_t(*)[32])F.gdig[k * FP_LIN_COUNT],
+					     FP_LIN_COUNT, F.bres[k]),
+			0);
 	free(out);
 	fp_test_rmtree(dir);
 	free(dir);
@@ -549,6 +625,56 @@ static int ref_sink(void *ctx, const struct fp_prune_block *b)
 		r->n++;
 	}
 	return 0;
+}
+
+/* The published global mask of an earlier block (iterative reference): F.global's. */
+static int ref_fixed(void *ctx, uint32_t block, enum fp_linear lin, uint8_t *bits, size_t nbytes)
+{
+	size_t i = (size_t)block * FP_LIN_COUNT + (size_t)lin;
+
+	(void)ctx;
+	assert_true(i < F.n);
+	assert_int_equal(nbytes, F.global->info[i].nbytes);
+	memcpy(bits, F.global->bits[i], nbytes);
+	return 0;
+}
+
+/*
+ * What `fedprune prune --method wanda --nsamples 4 --seqlen 64 --seed 3` computes; with
+ * num_blocks > 0 only blocks [first, first + num), the blocks before run with F.global's masks.
+ */
+static void offline_range(struct ref *r, uint32_t first, uint32_t num)
+{
+	struct fp_model *m = NULL;
+	struct fp_dataset *ds = NULL;
+	struct fp_data_opts d = {
+		.seqlen = SEQLEN, .nsamples = NSAMPLES, .shuffle = true, .seed = SEED
+	};
+	struct fp_prune_opts o;
+	struct fp_prune_result res;
+
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(fp_model_open(MODEL_DIR, &m), 0);
+	d.vocab_size = fp_model_config(m)->vocab;
+	assert_int_equal(fp_data_load(CALIB, &d, &ds), 0);
+	fp_prune_opts_init(&o, FP_PRUNE_WANDA);
+	o.sparsity = 0.5;
+	o.group = FP_GROUP_ROW;
+	o.first_block = first;
+	o.num_blocks = num;
+	if (first)
+		o.fixed_mask = ref_fixed;
+	assert_int_equal(fp_prune_run(m, ds, &o, ref_sink, r, &res), 0);
+	fp_prune_result_done(&res);
+	fp_data_free(ds);
+	fp_model_close(m);
+}
+
+static void ref_free(struct ref *r)
+{
+	for (size_t i = 0; i < r->n; i++)
+		free(r->bits[i]);
+	r->n = 0;
 }
 
 /* What `fedprune prune --method wanda --nsamples 4 --seqlen 64 --seed 3` computes. */
@@ -778,7 +904,30 @@ static void bad_nm(Fedprune__RoundSpec *s)
 
 static void bad_iterative(Fedprune__RoundSpec *s)
 {
+	s->iterative = true; /* round 7 for block 0 */
+}
+
+static void bad_iter_block(Fedprune__RoundSpec *s)
+{
 	s->iterative = true;
+	s->round_id = 5;
+	s->block = 4; /* the demo model has blocks 0 .. 3 */
+}
+
+static void bad_iter_tensors(Fedprune__RoundSpec *s)
+{
+	s->iterative = true;
+	s->round_id = 2;
+	s->block = 1; /* but every matrix of the model listed */
+}
+
+static void bad_iter_names(Fedprune__RoundSpec *s)
+{
+	s->iterative = true;
+	s->round_id = 2;
+	s->block = 1;
+	s->tensors = F.name_ptr; /* block 0's names */
+	s->n_tensors = FP_LIN_COUNT;
 }
 
 static void test_refusals(void **state)
@@ -796,7 +945,10 @@ static void test_refusals(void **state)
 	refused(&c, bad_nsamples, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
 	refused(&c, bad_method, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED);
 	refused(&c, bad_nm, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
-	refused(&c, bad_iterative, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED);
+	refused(&c, bad_iterative, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
+	refused(&c, bad_iter_block, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
+	refused(&c, bad_iter_tensors, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH);
+	refused(&c, bad_iter_names, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH);
 	/* Nothing was pruned or uploaded, and the client is still connected. */
 	assert_int_equal(fp_job_stats(c.job)->prunes, 0);
 	assert_int_equal(F.commits, 0);
@@ -852,6 +1004,208 @@ static void test_corrupt_result(void **state)
 	free(dir);
 }
 
+/* --- iterative FedPrLLM --- */
+
+static struct client *IC; /* the client the conditions look at */
+
+static bool committed_round(void *ud)
+{
+	uint64_t r = *(const uint64_t *)ud;
+
+	return F.commits >= 1 && F.commit_round == r && IC->job &&
+	       fp_job_stats(IC->job)->last_prune_round == r &&
+	       fp_job_stats(IC->job)->uploads + fp_job_stats(IC->job)->resumed >= 1 &&
+	       F.up_got[(r - 1) * FP_LIN_COUNT + FP_LIN_COUNT - 1] ==
+		       F.global->info[(r - 1) * FP_LIN_COUNT + FP_LIN_COUNT - 1].nbytes;
+}
+
+static bool request_held(void *ud)
+{
+	(void)ud;
+	return F.held;
+}
+
+static bool never(void *ud)
+{
+	(void)ud;
+	return false;
+}
+
+/* The upload of block b is what fp_prune_run gives for block b alone with the published masks
+ * of the blocks before it (F.global's) applied. */
+static void check_block_upload(uint32_t b)
+{
+	struct ref ref;
+
+	offline_range(&ref, b, 1);
+	assert_int_equal(ref.n, FP_LIN_COUNT);
+	for (size_t i = 0; i < FP_LIN_COUNT; i++) {
+		size_t t = (size_t)b * FP_LIN_COUNT + i;
+
+		assert_non_null(F.up[t]);
+		assert_int_equal(F.up_got[t], F.global->info[t].nbytes);
+		assert_memory_equal(F.up[t], ref.bits[i], F.up_got[t]);
+	}
+	ref_free(&ref);
+}
+
+/* dir/name holds exactly F.global's tensors [base, base + n). */
+static void check_mask_file(const char *dir, const char *name, size_t base, size_t n)
+{
+	char *path = path_in(dir, name);
+	struct fp_mask_set *ms = NULL;
+
+	assert_int_equal(fp_mask_set_load(path, &ms), 0);
+	assert_int_equal(ms->count, n);
+	for (size_t i = 0; i < n; i++) {
+		assert_string_equal(ms->info[i].name, F.names[base + i]);
+		assert_memory_equal(ms->bits[i], F.global->bits[base + i],
+				    F.global->info[base + i].nbytes);
+	}
+	fp_mask_set_free(ms);
+	free(path);
+}
+
+static void test_iterative(void **state)
+{
+	char *dir = fp_test_mkdtemp(), *sdir = path_in(dir, "state"), *heldout;
+	char *sdir2 = path_in(dir, "late"), *p;
+	struct client c, c2;
+	uint64_t r, nblocks;
+	struct ref plain;
+
+	(void)state;
+	heldout = make_heldout(dir);
+	fake_start();
+	make_global();
+	nblocks = F.n / FP_LIN_COUNT;
+	assert_true(nblocks >= 3);
+	F.iter = true;
+	F.spec_on_hello = true;
+	set_block_spec(1);
+	IC = &c;
+	client_start(&c, sdir, heldout, true);
+	r = 1;
+	assert_true(run_until(committed_round, &r, WAIT_MS));
+	check_block_upload(0);
+	assert_int_equal(F.reports, 0);
+
+	/* Round 2: the offer of round 1 and the spec of round 2 back to back, and the download
+	 * of round 1 held up: block 1 is not pruned before block 0's global mask is in. */
+	F.hold_round = 1;
+	send_block_offer(1);
+	set_block_spec(2);
+	send_spec();
+	assert_true(run_until(request_held, NULL, WAIT_MS));
+	assert_false(run_until(never, NULL, 300));
+	assert_int_equal(fp_job_stats(c.job)->prunes, 1);
+	assert_int_equal(fp_job_stats(c.job)->downloads, 0);
+	assert_int_equal(F.commits, 1);
+	p = path_in(sdir, "round-2/local.fpmask");
+	assert_int_equal(access(p, F_OK), -1);
+	free(p);
+	F.hold_round = 0;
+	F.held = false;
+	assert_int_equal(serve(F.sess, F.held_round, F.held_tensor, F.held_off), 0);
+	r = 2;
+	assert_true(run_until(committed_round, &r, WAIT_MS));
+	assert_int_equal(fp_job_stats(c.job)->downloads, 1);
+	/* The block-1 mask is pruned with block 0's published mask applied, which differs from
+	 * what a one-shot run (block 0 pruned by this client's own mask) gives. */
+	check_block_upload(1);
+	offline(&plain);
+	{
+		bool differs = false;
+
+		for (size_t i = 0; i < FP_LIN_COUNT; i++) {
+			size_t t = FP_LIN_COUNT + i;
+
+			differs |= memcmp(F.up[t], plain.bits[t], F.up_got[t]) != 0;
+		}
+		assert_true(differs);
+	}
+	ref_free(&plain);
+	p = path_in(sdir, "round-1");
+	check_mask_file(p, "global.fpmask", 0, FP_LIN_COUNT);
+	free(p);
+
+	/* The other blocks; no evaluation before the last block's result. */
+	for (r = 3; r <= nblocks; r++) {
+		send_block_offer(r - 1);
+		set_block_spec(r);
+		send_spec();
+		assert_true(run_until(committed_round, &r, WAIT_MS));
+		check_block_upload((uint32_t)(r - 1));
+		assert_int_equal(F.reports, 0);
+		assert_int_equal(c.done, 0);
+	}
+	assert_int_equal(fp_job_stats(c.job)->downloads, nblocks - 1);
+	send_block_offer(nblocks);
+	assert_true(run_until(reported, &c, WAIT_MS));
+	assert_int_equal(F.reports, 1);
+	assert_int_equal(F.report.round_id, nblocks);
+	assert_int_equal(c.done_round, nblocks);
+	assert_true(isfinite(F.report.perplexity) && F.report.perplexity > 1.0);
+	assert_true(isfinite(F.report.dense_perplexity) && F.report.dense_perplexity > 1.0);
+	assert_int_equal(F.report.tokens, EVAL_WINS * (uint64_t)(EVAL_LEN - 1));
+	assert_int_equal(fp_job_stats(c.job)->downloads, nblocks);
+	assert_int_equal(fp_job_stats(c.job)->prunes, nblocks);
+	/* The final mask merges every block's global mask; the model carries it. */
+	{
+		char name[64];
+		char *rd, *cfg;
+
+		snprintf(name, sizeof(name), "round-%" PRIu64, nblocks);
+		rd = path_in(sdir, name);
+		check_mask_file(rd, "final.fpmask", 0, F.n);
+		cfg = path_in(rd, "model/config.json");
+		assert_int_equal(access(cfg, F_OK), 0);
+		free(cfg);
+		free(rd);
+	}
+	client_stop(&c);
+
+	/* A client joining while block 2's round collects: the server offers round 2 (block 1)
+	 * on connect; block 0 was never offered to it and is fetched by ResultRequest. */
+	memset(F.req_round, 0, sizeof(F.req_round));
+	F.commits = 0;
+	F.commit_round = 0;
+	set_block_spec(3);
+	IC = &c2;
+	client_start(&c2, sdir2, NULL, false);
+	r = 3;
+	assert_true(run_until(committed_round, &r, WAIT_MS));
+	assert_true(F.req_round[1] >= FP_LIN_COUNT);
+	assert_true(F.req_round[2] >= FP_LIN_COUNT);
+	assert_int_equal(fp_job_stats(c2.job)->downloads, 2);
+	assert_int_equal(fp_job_stats(c2.job)->prunes, 1);
+	assert_int_equal(fp_job_stats(c2.job)->chunks_refused, 0);
+	check_block_upload(2);
+	p = path_in(sdir2, "round-1");
+	check_mask_file(p, "global.fpmask", 0, FP_LIN_COUNT);
+	free(p);
+	client_stop(&c2);
+
+	/* The first client restarted after the last round: reported again from its state
+	 * directory, nothing pruned or downloaded. */
+	F.reports = 0;
+	set_block_spec(nblocks);
+	IC = &c;
+	client_start(&c, sdir, heldout, false);
+	assert_true(run_until(reported, &c, WAIT_MS));
+	assert_int_equal(F.report.round_id, nblocks);
+	assert_int_equal(fp_job_stats(c.job)->prunes, 0);
+	assert_int_equal(fp_job_stats(c.job)->downloads, 0);
+	client_stop(&c);
+
+	fake_stop();
+	free(heldout);
+	free(sdir2);
+	free(sdir);
+	fp_test_rmtree(dir);
+	free(dir);
+}
+
 static void test_count_tokens(void **state)
 {
 	char *dir = fp_test_mkdtemp(), *p;
@@ -881,10 +1235,9 @@ static void test_count_tokens(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_count_tokens),
-		cmocka_unit_test(test_refusals),
-		cmocka_unit_test(test_corrupt_result),
-		cmocka_unit_test(test_round),
+		cmocka_unit_test(test_count_tokens),   cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_corrupt_result), cmocka_unit_test(test_round),
+		cmocka_unit_test(test_iterative),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
