@@ -8,7 +8,9 @@
 #      resumes from the state directory and publishes the same mask;
 #   3. one client gone (SIGSTOP after it got the spec): completes when the quorum is met, fails
 #      cleanly with a clear message when it is not;
-#   4. a client submitting a mask of the wrong density is refused and the round still completes.
+#   4. a client submitting a mask of the wrong density is refused and the round still completes;
+#   5. iterative mode: every block's global mask equals the offline aggregation of the clients'
+#      masks of that block, the final model holds all of them, the clients evaluated it.
 # Usage: test_round.sh SERVER CLIENT TOOL ROGUE   (meson passes the built executables;
 # ROGUE is tests/integration/rogue_client.c, a client that submits a mask file it is given)
 set -eu
@@ -233,3 +235,33 @@ wait_exit "$spid" 120
 grep -q '"accepted":[[:space:]]*2' "$d/out/round-1/report.json" ||
 	fail "wrong density: not 2 accepted"
 echo "ok 4 wrong-density submission refused ($(grep -m 1 "^error code" "$d/rogue.log")); round completed with the other two"
+
+# ---- 5. iterative FedPrLLM: one round per block; each block's global mask equals the
+# offline aggregation of the clients' masks of that block; the final model holds them all ----
+d=$tmp/iterative
+server_cfg "$d" "mode = iterative"
+start_server "$d"
+for c in client1 client2 client3; do start_client "$d" "$c"; done
+wait_exit "$spid" 180
+[ "$rc" = 0 ] || fail "iterative: server exit status $rc"
+nblocks=$(tr -d ' \n' <"$model/config.json" | sed -n 's/.*"num_hidden_layers":\([0-9]*\).*/\1/p')
+r=1
+while [ "$r" -le "$nblocks" ]; do
+	"$tool" aggregate --model "$model" --mask-only \
+		--mask "$d/client1/round-$r/local.fpmask" --mask "$d/client2/round-$r/local.fpmask" \
+		--mask "$d/client3/round-$r/local.fpmask" --sparsity 0.5 --group layer \
+		--tie-break magnitude --out "$d/offline-$r" >"$d/offline-$r.log" 2>&1 ||
+		fail "iterative: offline aggregation of block $((r - 1))"
+	cmp "$d/out/round-$r/mask.fpmask" "$d/offline-$r/mask.fpmask" ||
+		fail "iterative: block $((r - 1)) differs from the offline aggregation"
+	r=$((r + 1))
+done
+for f in config.json mask.fpmask report.json; do
+	[ -f "$d/out/final/$f" ] || fail "iterative: final result lacks $f"
+done
+for c in client1 client2 client3; do
+	cmp "$d/$c/round-$nblocks/final.fpmask" "$d/out/final/mask.fpmask" ||
+		fail "iterative: $c evaluated another final mask than the server's"
+done
+grep -q '"federated_eval"' "$d/out/final/report.json" || fail "iterative: no federated evaluation"
+echo "ok 5 iterative: $nblocks block rounds, each equal to the offline aggregation; final model published"
