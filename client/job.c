@@ -6,6 +6,8 @@
  * loop touches none of the fields the work uses (sp, dir, w_*); the work reads `cancel` only.
  */
 #include "job.h"
+#include "ldp.h"
+#include "privatize.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,15 +45,16 @@
 #define SMALL_FILE_MAX (1u << 20) /* spec.txt, local.json, eval.json, applied */
 #define EVAL_SEQLEN    2048u	  /* default evaluation window (capped by max positions) */
 
-#define F_SPEC	  "spec.txt"
-#define F_LOCAL	  "local.fpmask"
-#define F_LOCALJS "local.json"
-#define F_REPORT  "report.json"
-#define F_GLOBAL  "global.fpmask"
-#define F_FINAL	  "final.fpmask" /* iterative, last block: every block's global mask */
-#define F_APPLIED "applied"
-#define F_EVAL	  "eval.json"
-#define D_MODEL	  "model"
+#define F_SPEC	   "spec.txt"
+#define F_LOCAL	   "local.fpmask"
+#define F_LOCAL_DP "local-ldp.fpmask" /* local.fpmask randomized for local DP (what is sent) */
+#define F_LOCALJS  "local.json"
+#define F_REPORT   "report.json"
+#define F_GLOBAL   "global.fpmask"
+#define F_FINAL	   "final.fpmask" /* iterative, last block: every block's global mask */
+#define F_APPLIED  "applied"
+#define F_EVAL	   "eval.json"
+#define D_MODEL	   "model"
 
 enum job_state {
 	J_IDLE,		 /* no round yet, or its work was cancelled */
@@ -88,6 +91,10 @@ struct spec {
 	uint32_t block;
 	int agg_group, tie_break; /* wire values; part of the job's identity (iterative) */
 	bool weight_by_tokens, weight_scaling;
+	/* local DP: the round's mechanism (enum fp_ldp_mech, 0 none), largest ε, required */
+	int ldp_mech;
+	double ldp_max;
+	bool ldp_required;
 };
 
 struct up_tensor {
@@ -106,6 +113,7 @@ struct upload {
 	struct up_tensor *t;		 /* (n) */
 	uint8_t (*dig)[FP_DIGEST_BYTES]; /* (n) digests stored in the mask file */
 	Fedprune__Commit commit;
+	Fedprune__LdpReport ldp; /* commit.privacy when the mask is privatized */
 };
 
 struct download {
@@ -131,6 +139,9 @@ struct fp_job {
 	char *model, *calib, *heldout, *state_dir, *output;
 	bool eval_dense;
 	uint32_t eval_seqlen, eval_nsamples;
+	uint64_t eval_seed;
+	double ldp_eps; /* [job] ldp_epsilon, 0 = off */
+	int ldp_mech;	/* [job] ldp_mechanism, 0 = the round's */
 	void (*on_done)(struct fp_job *j, uint64_t round_id, void *ud);
 	void *ud;
 
@@ -837,13 +848,35 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 {
 	struct fp_mask_reader *rd = NULL;
 	struct upload *u = NULL;
+	struct fp_privatize_result pr = { 0 };
 	uint8_t *buf = NULL;
-	char *path = join(j->dir, F_LOCAL);
+	bool dp = j->ldp_eps > 0 && j->sp.ldp_mech;
+	char *path = join(j->dir, dp ? F_LOCAL_DP : F_LOCAL);
 	size_t base, n;
 	int r;
 
 	if (!path)
 		return -ENOMEM;
+	if (dp) {
+		/* randomize the true mask through the memo: the same mask always gives the same
+		 * bits, so sending it again (a restart, a repeated spec) leaks nothing more */
+		char *truth = join(j->dir, F_LOCAL), *ldp = join(j->state_dir, "ldp");
+
+		r = truth && ldp ? fp_privatize_mask(truth, path, ldp, j->digest, j->sp.ldp_mech,
+						     j->ldp_eps, &pr)
+				 : -ENOMEM;
+		free(truth);
+		free(ldp);
+		if (r < 0) {
+			free(path);
+			return r;
+		}
+		fp_log_info("mask privatized",
+			    "round=%" PRIu64 " mechanism=%s epsilon=%g p=%.6f "
+			    "q=%.6f fresh=%d rounds=%u total_epsilon=%g",
+			    j->sp.round, fp_ldp_mech_name((enum fp_ldp_mech)pr.mech), pr.eps, pr.p,
+			    pr.q, pr.fresh, pr.rounds, pr.total_eps);
+	}
 	spec_range(j, &j->sp, &base, &n);
 	u = calloc(1, sizeof(*u));
 	buf = malloc(j->max_nbytes ? j->max_nbytes : 1);
@@ -920,6 +953,14 @@ static int w_prepare(struct fp_job *j, double seconds, uint64_t tokens, struct u
 	u->commit.round_id = u->round;
 	u->commit.tokens = tokens;
 	u->commit.seconds = seconds;
+	if (dp) {
+		fedprune__ldp_report__init(&u->ldp);
+		u->ldp.mechanism = (Fedprune__LdpMechanism)pr.mech;
+		u->ldp.epsilon = pr.eps;
+		u->ldp.rounds = pr.rounds;
+		u->ldp.total_epsilon = pr.total_eps;
+		u->commit.privacy = &u->ldp;
+	}
 	*ret = u;
 	u = NULL;
 	r = 0;
@@ -1051,6 +1092,8 @@ static int w_eval(struct fp_job *j)
 		if (d.seqlen < 2)
 			d.seqlen = 2;
 		d.nsamples = j->eval_nsamples;
+		d.shuffle = j->eval_nsamples && j->eval_seed;
+		d.seed = j->eval_seed;
 		d.vocab_size = j->mcfg.vocab;
 		r = fp_data_load(j->heldout, &d, &ds);
 		if (r < 0)
@@ -1494,9 +1537,40 @@ static int parse_spec(struct fp_job *j, const Fedprune__RoundSpec *s, struct spe
 	if (s->payload != FEDPRUNE__PAYLOAD_KIND__PAYLOAD_MASK_BITS)
 		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED, R,
 				   "payload kind %d is not supported (mask bits only)", s->payload);
-	if (s->privacy && s->privacy->mechanism != FEDPRUNE__LDP_MECHANISM__LDP_NONE)
-		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED, R,
-				   "local differential privacy is not supported");
+	if (s->privacy && s->privacy->mechanism != FEDPRUNE__LDP_MECHANISM__LDP_NONE) {
+		if (s->privacy->mechanism != FEDPRUNE__LDP_MECHANISM__LDP_RANDOMIZED_RESPONSE &&
+		    s->privacy->mechanism != FEDPRUNE__LDP_MECHANISM__LDP_UNARY_ENCODING)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_UNSUPPORTED, R,
+					   "local DP mechanism %d is not supported for masks",
+					   s->privacy->mechanism);
+		if (!(s->privacy->max_epsilon >= FP_LDP_EPS_MIN))
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE, R,
+					   "local DP: max_epsilon %g", s->privacy->max_epsilon);
+		sp->ldp_mech = (int)s->privacy->mechanism; /* wire values = enum fp_ldp_mech */
+		sp->ldp_max = s->privacy->max_epsilon;
+		sp->ldp_required = s->privacy->required;
+	}
+	if (j->ldp_eps > 0) {
+		if (!sp->ldp_mech)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_PRIVACY_REQUIRED, R,
+					   "this client sends masks only with local DP ([job] "
+					   "ldp_epsilon = %g); the round takes none",
+					   j->ldp_eps);
+		if (j->ldp_eps > sp->ldp_max)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_PRIVACY_REQUIRED, R,
+					   "[job] ldp_epsilon %g is above the round's largest %g",
+					   j->ldp_eps, sp->ldp_max);
+		if (j->ldp_mech && j->ldp_mech != sp->ldp_mech)
+			return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_SPEC_MISMATCH, R,
+					   "[job] ldp_mechanism is %s, the round uses %s",
+					   fp_ldp_mech_name((enum fp_ldp_mech)j->ldp_mech),
+					   fp_ldp_mech_name((enum fp_ldp_mech)sp->ldp_mech));
+	} else if (sp->ldp_required) {
+		return spec_refuse(j, FEDPRUNE__ERROR_CODE__ERROR_PRIVACY_REQUIRED, R,
+				   "the round requires local DP (epsilon <= %g); set [job] "
+				   "ldp_epsilon",
+				   sp->ldp_max);
+	}
 	switch (s->method) {
 	case FEDPRUNE__METHOD__METHOD_MAGNITUDE:
 		sp->method = FP_PRUNE_MAGNITUDE;
@@ -2300,6 +2374,9 @@ int fp_job_new(uv_loop_t *loop, const struct fp_job_cfg *cfg, struct fp_job **re
 	j->eval_dense = cfg->eval_dense;
 	j->eval_seqlen = cfg->eval_seqlen;
 	j->eval_nsamples = cfg->eval_nsamples;
+	j->eval_seed = cfg->eval_seed;
+	j->ldp_eps = cfg->ldp_epsilon;
+	j->ldp_mech = cfg->ldp_mechanism;
 	j->on_done = cfg->on_done;
 	j->ud = cfg->ud;
 	j->dl.h = fp_aligned_array(1, sizeof(*j->dl.h));

@@ -43,6 +43,11 @@ struct fp_job_cfg {
 	bool eval_dense;	/* also evaluate the dense model */
 	uint32_t eval_seqlen;	/* evaluation window; 0 = min(max_position_embeddings, 2048) */
 	uint32_t eval_nsamples; /* evaluation windows; 0 = all, in file order */
+	uint64_t eval_seed;	/* with eval_nsamples: 0 = the first windows, else drawn with it */
+	/* Local DP of the mask sent (client/privatize.h): epsilon 0 = off. The mechanism must be
+	 * the round's (FP_LDP_RR_SYM or FP_LDP_RR_OUE; 0 = whatever the round names). */
+	double ldp_epsilon;
+	int ldp_mechanism;
 	/* Called on the loop thread once the EvalReport of a round was handed to the link
 	 * (optional; e.g. to exit with [job] exit_when_done). */
 	void (*on_done)(struct fp_job *j, uint64_t round_id, void *ud);

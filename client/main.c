@@ -43,9 +43,15 @@ struct client_cfg {
 		bool eval_dense;
 		uint32_t eval_seqlen;
 		uint32_t eval_nsamples;
+		uint64_t eval_seed;
+		double ldp_epsilon;
+		int ldp_mechanism;
 		bool exit_when_done;
 	} job;
 };
+
+/* index = enum fp_ldp_mech (0: the round's) */
+static const char *const ldp_mech_names[] = { "round", "rr", "oue", NULL };
 
 static const struct fp_cfg_key client_keys[] = {
 	{ "log", "level", FP_CFG_ENUM, offsetof(struct client_cfg, log_level), .def = "info",
@@ -91,7 +97,18 @@ static const struct fp_cfg_key client_keys[] = {
 	  .help = "evaluation window in tokens (0: min(max_position_embeddings, 2048))" },
 	{ "job", "eval_nsamples", FP_CFG_U32, offsetof(struct client_cfg, job.eval_nsamples),
 	  .def = "0", .min = 0, .max = UINT32_MAX,
-	  .help = "evaluation windows, the first ones of the file (0: all)" },
+	  .help = "evaluation windows (0: all); see eval_seed" },
+	{ "job", "eval_seed", FP_CFG_U64, offsetof(struct client_cfg, job.eval_seed), .def = "0",
+	  .min = 0, .max = UINT64_MAX,
+	  .help = "with eval_nsamples: 0 takes the first windows, another value draws them at "
+		  "random with this seed" },
+	{ "job", "ldp_epsilon", FP_CFG_DOUBLE, offsetof(struct client_cfg, job.ldp_epsilon),
+	  .def = "0", .dmin = 0, .dmax = 20,
+	  .help = "local differential privacy of the mask sent: epsilon of randomized response "
+		  "(0: off; smaller = more privacy, noisier votes)" },
+	{ "job", "ldp_mechanism", FP_CFG_ENUM, offsetof(struct client_cfg, job.ldp_mechanism),
+	  .def = "round", .choices = ldp_mech_names,
+	  .help = "round: the mechanism the server names; rr or oue: only that one" },
 	{ "job", "exit_when_done", FP_CFG_BOOL, offsetof(struct client_cfg, job.exit_when_done),
 	  .def = "false", .help = "exit (status 0) once a round's evaluation is reported" },
 	{ 0 },
@@ -176,6 +193,9 @@ static int job_start(struct client_cfg *c)
 	jc.eval_dense = c->job.eval_dense;
 	jc.eval_seqlen = c->job.eval_seqlen;
 	jc.eval_nsamples = c->job.eval_nsamples;
+	jc.eval_seed = c->job.eval_seed;
+	jc.ldp_epsilon = c->job.ldp_epsilon;
+	jc.ldp_mechanism = c->job.ldp_mechanism;
 	jc.on_done = job_done;
 	r = fp_job_new(&client.d->loop, &jc, &client.job);
 	if (r < 0)

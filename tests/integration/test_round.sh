@@ -101,9 +101,14 @@ start_server() {
 	done
 }
 
-# start_client DIR NAME: sets cpid
+# start_client DIR NAME ["key = value" ...]: extra [job] lines; sets cpid
 start_client() {
 	client_cfg "$1" "$2" "$port"
+	cdir=$1
+	cname=$2
+	shift 2
+	for l in "$@"; do printf '%s\n' "$l" >>"$cdir/$cname.ini"; done
+	set -- "$cdir" "$cname"
 	"$client" --config "$1/$2.ini" >>"$1/$2.log" 2>&1 &
 	cpid=$!
 	pids="$pids $cpid"
@@ -265,3 +270,32 @@ for c in client1 client2 client3; do
 done
 grep -q '"federated_eval"' "$d/out/final/report.json" || fail "iterative: no federated evaluation"
 echo "ok 5 iterative: $nblocks block rounds, each equal to the offline aggregation; final model published"
+
+# ---- 6. local DP required: privatized masks are debiased with weights 1/(p-q) (equal to the
+# offline weighted aggregation of what the clients sent); a client without local DP is out ----
+d=$tmp/ldp
+server_cfg "$d" "ldp = required" "ldp_max_epsilon = 4" "quorum = 2"
+start_server "$d"
+start_client "$d" client1 "ldp_epsilon = 2"
+start_client "$d" client2 "ldp_epsilon = 1"
+start_client "$d" client3
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "local DP round: server exit status $rc"
+grep -q 'msg="round spec refused".*PRIVACY_REQUIRED' "$d/client3.log" ||
+	fail "local DP: client3 without ldp_epsilon did not refuse the round"
+rep=$(tr -d ' \n\t' <"$d/out/round-1/report.json")
+w1=$(printf '%s' "$rep" | sed -n 's/.*"id":"client1","accepted":true[^}]*"vote_weight":\([0-9.eE+-]*\).*/\1/p')
+w2=$(printf '%s' "$rep" | sed -n 's/.*"id":"client2","accepted":true[^}]*"vote_weight":\([0-9.eE+-]*\).*/\1/p')
+[ -n "$w1" ] && [ -n "$w2" ] || fail "local DP: report.json lacks the clients' vote weights"
+# epsilon 2 per bit: p = e^2/(1+e^2), q = 1-p, 1/(p-q) = 1.3130...; epsilon 1: 2.1639...
+case "$w1" in 1.313*) ;; *) fail "local DP: client1 vote weight $w1, expected 1.313..." ;; esac
+case "$w2" in 2.163*) ;; *) fail "local DP: client2 vote weight $w2, expected 2.163..." ;; esac
+"$tool" aggregate --model "$model" --mask "$d/client1/round-1/local-ldp.fpmask" \
+	--mask "$d/client2/round-1/local-ldp.fpmask" --weights "$w1,$w2" --sparsity 0.5 \
+	--group layer --tie-break magnitude --out "$d/offline" >"$d/offline.log" 2>&1 ||
+	fail "local DP: offline aggregation"
+cmp "$d/out/round-1/mask.fpmask" "$d/offline/mask.fpmask" ||
+	fail "local DP: global mask differs from the offline debiased aggregation"
+cmp -s "$d/client1/round-1/local-ldp.fpmask" "$d/client1/round-1/local.fpmask" &&
+	fail "local DP: client1 sent its true mask"
+echo "ok 6 local DP required: votes debiased (weights $w1, $w2), equal to offline; client without DP refused the round"
