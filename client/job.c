@@ -207,15 +207,10 @@ static void next_step(struct fp_job *j);
 
 /* ---- small helpers ---- */
 
+/* out (2 n + 1 bytes) = lowercase hex of d (n bytes). */
 static void hex(const uint8_t *d, size_t n, char *out)
 {
-	static const char x[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = x[d[i] >> 4];
-		out[2 * i + 1] = x[d[i] & 15];
-	}
-	out[2 * n] = '\0';
+	sodium_bin2hex(out, 2 * n + 1, d, n);
 }
 
 static double now_s(void)

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include <cJSON.h>
+#include <sodium.h>
 
 #include "alloc.h"
 #include "err.h"
@@ -568,15 +569,10 @@ out:
 
 /* ---- report ---- */
 
+/* out (2 n + 1 bytes) = lowercase hex of d (n bytes). */
 static void hex(const uint8_t *d, size_t n, char *out)
 {
-	static const char x[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = x[d[i] >> 4];
-		out[2 * i + 1] = x[d[i] & 15];
-	}
-	out[2 * n] = '\0';
+	sodium_bin2hex(out, 2 * n + 1, d, n);
 }
 
 /* cJSON calls fail only when out of memory; *ok records the first failure. */
