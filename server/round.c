@@ -1190,10 +1190,11 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 		client_reject(r, c, C(SPEC_MISMATCH),
 			      "submission has %zu tensors, the specification %zu", s->rx.n,
 			      r->ntensors);
-	if (!c->reject_code && (cm->tokens == 0 || cm->tokens > (1ull << 53) ||
-				!isfinite(cm->seconds) || cm->seconds < 0))
+	if (!c->reject_code &&
+	    ((cm->tokens == 0 && r->spec->method != FEDPRUNE__METHOD__METHOD_MAGNITUDE) ||
+	     cm->tokens > (1ull << 53) || !isfinite(cm->seconds) || cm->seconds < 0))
 		client_reject(r, c, C(BAD_MESSAGE),
-			      "commit: tokens must be 1..2^53 and seconds "
+			      "commit: tokens must be 1..2^53 (0 for magnitude) and seconds "
 			      "finite");
 	if (!c->reject_code)
 		privacy_check(r, c, cm);
@@ -2294,6 +2295,11 @@ int fp_round_new(struct fp_daemon *d, const struct fp_round_cfg *cfg, struct fp_
 	}
 	r->iterative = cfg->mode == FP_ROUND_ITERATIVE;
 	r->nblocks = mc.nlayers;
+	if (cfg->weight_by_tokens && cfg->method == FP_PRUNE_MAGNITUDE) {
+		e = fp_err_detail(-EINVAL, "[round] weight_by_tokens needs a method that uses "
+					   "calibration data (magnitude uses none)");
+		goto fail;
+	}
 	if (r->iterative && cfg->weight_scaling) {
 		e = fp_err_detail(-EINVAL, "[round] weight_scaling needs mode = oneshot (iterative "
 					   "rounds publish masks; the final model is the dense "

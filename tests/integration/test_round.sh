@@ -299,3 +299,17 @@ cmp "$d/out/round-1/mask.fpmask" "$d/offline/mask.fpmask" ||
 cmp -s "$d/client1/round-1/local-ldp.fpmask" "$d/client1/round-1/local.fpmask" &&
 	fail "local DP: client1 sent its true mask"
 echo "ok 6 local DP required: votes debiased (weights $w1, $w2), equal to offline; client without DP refused the round"
+
+# ---- 7. magnitude (no calibration data, no tokens) completes and equals the offline vote ----
+d=$tmp/magnitude
+server_cfg "$d" "method = magnitude" "local_group = layer"
+start_server "$d"
+for c in client1 client2 client3; do start_client "$d" "$c"; done
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "magnitude round: server exit status $rc"
+"$tool" aggregate --model "$model" --mask "$d/client1/round-1/local.fpmask" \
+	--mask "$d/client2/round-1/local.fpmask" --mask "$d/client3/round-1/local.fpmask" \
+	--sparsity 0.5 --out "$d/offline" >"$d/offline.log" 2>&1 || fail "magnitude: offline"
+cmp "$d/out/round-1/mask.fpmask" "$d/offline/mask.fpmask" ||
+	fail "magnitude: global mask differs from the offline aggregation"
+echo "ok 7 magnitude round (no calibration tokens) completes, equal to offline"
