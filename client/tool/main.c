@@ -21,6 +21,9 @@ static const struct fp_tool_cmd cmds[] = {
 	{ "aggregate",
 	  "vote client masks into one global mask and pruned model (FedPrLLM, offline)",
 	  fp_cmd_aggregate },
+	{ "split", "divide a text file among N clients, IID or Dirichlet non-IID", fp_cmd_split },
+	{ "privatize", "randomize a mask file for local DP, as a client does before sending it",
+	  fp_cmd_privatize },
 };
 
 static void usage(void)

@@ -21,5 +21,7 @@ int fp_cmd_prune(int argc, char **argv);
 int fp_cmd_apply(int argc, char **argv);
 int fp_cmd_compare(int argc, char **argv);
 int fp_cmd_aggregate(int argc, char **argv);
+int fp_cmd_split(int argc, char **argv);
+int fp_cmd_privatize(int argc, char **argv);
 
 #endif
