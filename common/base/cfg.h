@@ -72,4 +72,12 @@ void fp_cfg_free(const struct fp_cfg_key *keys, void *obj);
 /* Print every key as a commented INI example (default, bounds, help) to f. */
 void fp_cfg_describe(const struct fp_cfg_key *keys, FILE *f);
 
+/*
+ * Print a complete example configuration file to f: a header naming prog (borrowed) and the
+ * value syntax, then per section every key commented out, each with its help (wrapped at 100
+ * columns), type, bounds and default, and a line ';key = default'. The output depends only on
+ * the table, so committed example files can be compared with it.
+ */
+void fp_cfg_template(const struct fp_cfg_key *keys, const char *prog, FILE *f);
+
 #endif

@@ -139,6 +139,8 @@ static void daemon_usage(const struct fp_daemon_desc *desc)
 	       "  -c, --config FILE     read configuration from FILE (INI)\n"
 	       "      --check-config    validate the configuration and exit\n"
 	       "      --print-config    print every configuration key with its default and bounds\n"
+	       "      --print-config-template\n"
+	       "                        print a complete commented example configuration file\n"
 	       "  -l, --log-level LVL   debug, info, warn or error (overrides the config)\n"
 	       "      --insecure        development only: plaintext, no authentication (also\n"
 	       "                        needs 'insecure = true' in [tls]; warns every minute)\n"
@@ -153,6 +155,7 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, 'C' },
 		{ "print-config", no_argument, NULL, 'P' },
+		{ "print-config-template", no_argument, NULL, 'T' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "insecure", no_argument, NULL, 'I' },
 		{ "help", no_argument, NULL, 'h' },
@@ -177,6 +180,9 @@ int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc)
 		case 'P':
 			fp_cfg_describe(desc->keys, stdout);
 			return 0;
+		case 'T':
+			fp_cfg_template(desc->keys, desc->prog, stdout);
+			return fflush(stdout) == 0 && !ferror(stdout) ? 0 : 1;
 		case 'l':
 			if (fp_log_parse_level(optarg, &level) < 0)
 				fp_cli_fail(desc->prog,

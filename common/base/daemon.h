@@ -71,9 +71,10 @@ struct fp_daemon_desc {
 };
 
 /*
- * The whole main() of a daemon: options (-c, --check-config, --print-config, --log-level,
- * --insecure, --help, --version), configuration, loop, clean shutdown. Returns the process
- * exit status: 0, 1 for a runtime or configuration failure; usage errors exit 2 from inside.
+ * The whole main() of a daemon: options (-c, --check-config, --print-config,
+ * --print-config-template, --log-level, --insecure, --help, --version), configuration, loop,
+ * clean shutdown. Returns the process exit status: 0, 1 for a runtime or configuration
+ * failure; usage errors exit 2 from inside.
  */
 int fp_daemon_main(int argc, char **argv, const struct fp_daemon_desc *desc);
 
