@@ -146,7 +146,7 @@ int fp_allowlist_load(const char *path, struct fp_allowlist *a)
 	/* a regular file only (a FIFO or device would block or never end), size bounded */
 	r = fp_read_file(path, ALLOWLIST_MAX_BYTES, &buf, &len);
 	if (r < 0)
-		return fp_err_detail(r, "allowlist: %s", fp_err_last());
+		return r; /* the detail names the file and what is wrong with it */
 	r = fp_allowlist_parse(path, buf, len, a);
 	free(buf);
 	return r;

@@ -338,7 +338,7 @@ int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__Pa
 	c.total_bytes = total;
 	r = rx_add(rx, &c, UINT64_MAX, &code, &t);
 	if (r < 0)
-		return r == -ENOMEM ? r : fp_err_detail(-EINVAL, "%s", fp_err_last());
+		return r == -ENOMEM ? r : -EINVAL; /* rx_add set the detail */
 	if (received) {
 		buf = malloc(FP_RESTORE_BLOCK);
 		if (!buf)
