@@ -124,7 +124,6 @@ int fp_submission_digest(const char *const *names, const uint8_t (*digests)[FP_D
 
 /* --- sending --- */
 
-
 struct fp_tensor_src {
 	const char *name; /* borrowed until the upload is freed */
 	Fedprune__PayloadKind kind;
