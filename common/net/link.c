@@ -2,9 +2,11 @@
  * Client side of the protocol (see link.h).
  */
 #include "link.h"
+#include "parse.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +38,9 @@ struct fp_link {
 	struct fp_link_ops ops;
 	char *host, *server_name, *client_id;
 	uint8_t digest[FP_DIGEST_BYTES];
+	/* crash test hook (docs/development.md): SIGKILL itself once an upload has sent this many
+	 * payload bytes (environment FP_TEST_CLIENT_KILL_AFTER_BYTES); 0 = off */
+	uint64_t kill_after;
 	uv_timer_t retry, hb, kick;
 	uv_getaddrinfo_t gai;
 	bool gai_active;
@@ -110,6 +115,11 @@ static void upload_pump(struct fp_link *l)
 	if (!l->up || !l->up_pumping || l->state != L_READY)
 		return;
 	r = fp_upload_tx_pump(l->up, l->conn);
+	if (l->kill_after && fp_upload_tx_sent(l->up) >= l->kill_after) {
+		fp_log_warn("FP_TEST_CLIENT_KILL_AFTER_BYTES reached: killing myself", "sent=%llu",
+			    (unsigned long long)fp_upload_tx_sent(l->up));
+		raise(SIGKILL);
+	}
 	if (r == 1) {
 		l->up_pumping = false; /* everything sent; the Receipt decides */
 	} else if (r == 2) {
@@ -146,6 +156,15 @@ static void upload_restart(struct fp_link *l, const Fedprune__UploadStatus *st)
 		snprintf(reason, sizeof(reason), "%s", fp_err_last());
 		upload_finish(l, r, reason, NULL);
 		return;
+	}
+	if (st && st->round_id == fp_upload_tx_round(l->up) && st->n_tensors) {
+		uint64_t held = 0;
+
+		for (size_t i = 0; i < st->n_tensors; i++)
+			held += st->tensors[i]->received_bytes;
+		fp_log_info("upload resumed", "round=%llu held_by_server=%llu total=%llu",
+			    (unsigned long long)st->round_id, (unsigned long long)held,
+			    (unsigned long long)fp_upload_tx_total(l->up));
 	}
 	l->up_pumping = true;
 	upload_pump(l);
@@ -500,6 +519,11 @@ int fp_link_start(uv_loop_t *loop, const struct fp_link_cfg *cfg, const struct f
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
+	if (getenv("FP_TEST_CLIENT_KILL_AFTER_BYTES") &&
+	    fp_parse_u64(getenv("FP_TEST_CLIENT_KILL_AFTER_BYTES"), 1, UINT64_MAX, &l->kill_after) <
+		    0)
+		fp_log_warn("ignoring FP_TEST_CLIENT_KILL_AFTER_BYTES (not a positive integer)",
+			    NULL);
 	l->loop = loop;
 	l->cfg = *cfg;
 	if (ops)

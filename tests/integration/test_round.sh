@@ -10,7 +10,10 @@
 #      cleanly with a clear message when it is not;
 #   4. a client submitting a mask of the wrong density is refused and the round still completes;
 #   5. iterative mode: every block's global mask equals the offline aggregation of the clients'
-#      masks of that block, the final model holds all of them, the clients evaluated it.
+#      masks of that block, the final model holds all of them, the clients evaluated it;
+#   6. local DP required: debiased votes equal the offline weighted aggregation;
+#   7. magnitude (no calibration tokens);
+#   8. a client killed mid-upload resumes after its restart.
 # Usage: test_round.sh SERVER CLIENT TOOL ROGUE   (meson passes the built executables;
 # ROGUE is tests/integration/rogue_client.c, a client that submits a mask file it is given)
 set -eu
@@ -313,3 +316,29 @@ wait_exit "$spid" 120
 cmp "$d/out/round-1/mask.fpmask" "$d/offline/mask.fpmask" ||
 	fail "magnitude: global mask differs from the offline aggregation"
 echo "ok 7 magnitude round (no calibration tokens) completes, equal to offline"
+
+# ---- 8. a client killed (SIGKILL) in the middle of its upload resumes after its restart and
+# sends only what the server does not hold; the result equals the uninterrupted round ----
+d=$tmp/clientkill
+server_cfg "$d"
+start_server "$d"
+export FP_TEST_CLIENT_KILL_AFTER_BYTES=65536
+# a small write queue, so the upload is still in flight when the hook fires
+start_client "$d" client1 "[net]" "write_high_water = 16KiB" "write_low_water = 4KiB"
+unset FP_TEST_CLIENT_KILL_AFTER_BYTES
+victim=$cpid
+start_client "$d" client2
+start_client "$d" client3
+wait_exit "$victim" 60
+[ "$rc" = 137 ] || fail "client1 was expected to die by SIGKILL mid-upload, status $rc"
+grep -q "FP_TEST_CLIENT_KILL_AFTER_BYTES reached" "$d/client1.log" || fail "client kill hook"
+mv "$d/client1.log" "$d/client1-killed.log"
+"$client" --config "$d/client1.ini" >>"$d/client1.log" 2>&1 &
+pids="$pids $!"
+wait_exit "$spid" 120
+[ "$rc" = 0 ] || fail "client killed mid-upload: server exit status $rc"
+held=$(sed -n 's/.*msg="upload resumed".*held_by_server=\([0-9]*\).*/\1/p' "$d/client1.log" | head -n 1)
+[ -n "$held" ] && [ "$held" -gt 0 ] || fail "restarted client1 did not resume from what the server held"
+cmp "$d/out/round-1/mask.fpmask" "$tmp/one/out/round-1/mask.fpmask" ||
+	fail "result after a client crash differs from the uninterrupted round"
+echo "ok 8 client killed mid-upload: restarted, resumed with $held bytes already held; same global mask"
