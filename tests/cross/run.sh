@@ -23,7 +23,7 @@ libsodium-dev:arm64 libopenblas-dev:arm64 libcjson-dev:arm64 libinih-dev:arm64
 libcmocka-dev:arm64"
 missing=""
 for p in $PKGS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
 		missing="$missing $p"
 done
 if [ -n "$missing" ]; then
