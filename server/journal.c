@@ -68,17 +68,13 @@ static int line_parse(char *line, size_t len)
 	return 0;
 }
 
-static int replay(struct fp_journal *j, fp_journal_fn fn, void *ud)
+int fp_journal_scan(char *buf, size_t len, const char *label, fp_journal_fn fn, void *ud,
+		    size_t *ret_records, size_t *ret_keep)
 {
-	char *buf = NULL;
-	size_t len = 0, pos = 0, lineno = 0;
+	size_t pos = 0, lineno = 0, records = 0;
 	int r;
 
-	r = fp_read_file(j->path, JOURNAL_MAX_SIZE, &buf, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return r;
+	*ret_keep = len;
 	while (pos < len) {
 		char *nl = memchr(buf + pos, '\n', len - pos);
 		size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
@@ -88,30 +84,44 @@ static int replay(struct fp_journal *j, fp_journal_fn fn, void *ud)
 			if (!nl) {
 				/* torn final append: drop it, the event it recorded never happened */
 				fp_log_warn("journal: dropping a torn last line",
-					    "file=%s line=%zu", fp_q(j->path), lineno);
-				if (ftruncate(j->fd, (off_t)pos) < 0) {
-					r = fp_err_detail(-errno, "%s: truncate: %s", j->path,
-							  strerror(errno));
-					goto out;
-				}
+					    "file=%s line=%zu", fp_q(label), lineno);
+				*ret_keep = pos;
 				break;
 			}
-			r = fp_err_detail(-EINVAL,
-					  "%s: line %zu is corrupt (bad format or check); the "
-					  "state directory cannot be trusted",
-					  j->path, lineno);
-			goto out;
+			return fp_err_detail(-EINVAL,
+					     "%s: line %zu is corrupt (bad format or check); the "
+					     "state directory cannot be trusted",
+					     label, lineno);
 		}
-		j->records++;
+		records++;
 		if (fn) {
 			r = fn(ud, buf + pos, lineno);
 			if (r < 0)
-				goto out;
+				return r;
 		}
 		pos += l + (nl != NULL);
 	}
-	r = 0;
-out:
+	if (ret_records)
+		*ret_records = records;
+	return 0;
+}
+
+static int replay(struct fp_journal *j, fp_journal_fn fn, void *ud)
+{
+	char *buf = NULL;
+	size_t len = 0, keep = 0, records = 0;
+	int r;
+
+	r = fp_read_file(j->path, JOURNAL_MAX_SIZE, &buf, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	r = fp_journal_scan(buf, len, j->path, fn, ud, &records, &keep);
+	if (r == 0 && keep < len && ftruncate(j->fd, (off_t)keep) < 0)
+		r = fp_err_detail(-errno, "%s: truncate: %s", j->path, strerror(errno));
+	if (r == 0)
+		j->records = records;
 	free(buf);
 	return r;
 }

@@ -43,6 +43,15 @@ int fp_journal_open(const char *dir, fp_journal_fn fn, void *ud, struct fp_journ
 int fp_journal_append(struct fp_journal *j, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/*
+ * The replay itself, on a journal image in memory (buf, len bytes, modified: each record is
+ * NUL-terminated in place): fn (may be NULL) sees every valid record; label names the file in
+ * messages. *ret_records (may be NULL) = records seen; *ret_keep = bytes to keep (len, or less
+ * when a torn last line is dropped). Returns 0, -EINVAL (a corrupt line) or fn's error.
+ */
+int fp_journal_scan(char *buf, size_t len, const char *label, fp_journal_fn fn, void *ud,
+		    size_t *ret_records, size_t *ret_keep);
+
 /* Records replayed at open plus appended since. */
 size_t fp_journal_records(const struct fp_journal *j);
 
