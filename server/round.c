@@ -2107,12 +2107,15 @@ static void eval_finish(struct fp_round *r, const char *why)
 	} else {
 		cJSON_Delete(fe);
 	}
-	if (tok)
+	if (tok && dtok)
 		fp_log_info("federated evaluation",
 			    "round=%" PRIu64 " reports=%zu tokens=%" PRIu64
 			    " perplexity=%.4f dense_perplexity=%.4f",
-			    r->id, n, tok, exp(nll / (double)tok),
-			    dtok ? exp(dnll / (double)dtok) : 0.0);
+			    r->id, n, tok, exp(nll / (double)tok), exp(dnll / (double)dtok));
+	else if (tok)
+		fp_log_info("federated evaluation",
+			    "round=%" PRIu64 " reports=%zu tokens=%" PRIu64 " perplexity=%.4f",
+			    r->id, n, tok, exp(nll / (double)tok));
 	else
 		fp_log_warn("federated evaluation: no reports", "round=%" PRIu64 " reason=%s",
 			    r->id, fp_q(why));
