@@ -309,41 +309,6 @@ static int read_small(const char *dir, const char *name, char **ret)
 	return r;
 }
 
-/* mkdir -p with mode for new components. */
-static int mkdirs(const char *path, mode_t mode)
-{
-	char *p = fp_strdup(path);
-	int r = 0;
-
-	if (!p)
-		return -ENOMEM;
-	for (char *s = p + 1;; s++) {
-		bool end = *s == '\0';
-
-		if (*s != '/' && !end)
-			continue;
-		*s = '\0';
-		if (mkdir(p, mode) < 0 && errno != EEXIST) {
-			r = fp_err_detail(-errno, "%s: cannot create directory: %s", p,
-					  strerror(errno));
-			break;
-		}
-		if (end)
-			break;
-		*s = '/';
-	}
-	free(p);
-	if (r == 0) {
-		struct stat st;
-
-		if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
-			r = fp_err_detail(-ENOTDIR, "%s: not a directory", path);
-		else if (access(path, W_OK | X_OK) < 0)
-			r = fp_err_detail(-EACCES, "%s: not writable", path);
-	}
-	return r;
-}
-
 static bool cancelled(const struct fp_job *j)
 {
 	return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
@@ -2444,7 +2409,7 @@ int fp_job_new(uv_loop_t *loop, const struct fp_job_cfg *cfg, struct fp_job **re
 		r = fp_err_detail(-errno, "[job] heldout %s: %s", j->heldout, strerror(errno));
 		goto fail;
 	}
-	r = mkdirs(j->state_dir, 0700);
+	r = fp_mkdirs(j->state_dir, 0700);
 	if (r < 0)
 		goto fail;
 	*ret = j;

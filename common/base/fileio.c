@@ -1,7 +1,10 @@
 /* Complete writes, bounded reads and atomic file replacement (see fileio.h). */
 #include "fileio.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -119,6 +122,129 @@ int fp_fsync_parent(const char *path)
 		close(fd);
 	free(dir);
 	return r;
+}
+
+int fp_fsync_dir(const char *path)
+{
+	int fd = open(path, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	int r = 0;
+
+	if (fd < 0)
+		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
+	if (fsync(fd) < 0 && errno != EINVAL)
+		r = fp_err_detail(-errno, "%s: fsync: %s", path, strerror(errno));
+	close(fd);
+	return r;
+}
+
+int fp_mkdirs(const char *path, mode_t mode)
+{
+	char *p = strdup(path);
+	int r = 0;
+
+	if (!p)
+		return fp_err_detail(-ENOMEM, "%s: out of memory", path);
+	for (char *s = p + 1;; s++) {
+		bool end = *s == '\0';
+
+		if (*s != '/' && !end)
+			continue;
+		*s = '\0';
+		if (p[0] && mkdir(p, mode) < 0 && errno != EEXIST) {
+			r = fp_err_detail(-errno, "%s: cannot create directory: %s", p,
+					  strerror(errno));
+			break;
+		}
+		if (end)
+			break;
+		*s = '/';
+	}
+	free(p);
+	return r;
+}
+
+int fp_dir_check_new(const char *path)
+{
+	struct stat st;
+	struct dirent *e;
+	DIR *d;
+	int r = 0;
+
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
+	}
+	if (!S_ISDIR(st.st_mode))
+		return fp_err_detail(-EEXIST, "%s: exists and is not a directory", path);
+	d = opendir(path);
+	if (!d)
+		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
+	while ((e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+			r = fp_err_detail(
+				-EEXIST,
+				"%s: exists and is not empty (remove it or choose another "
+				"output directory)",
+				path);
+			break;
+		}
+	}
+	closedir(d);
+	return r;
+}
+
+int fp_dir_make_tmp(const char *path, char **ret)
+{
+	for (int tries = 0; tries < 64; tries++) {
+		uint32_t rnd = 0;
+		char *p = NULL;
+
+		if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+			rnd = (uint32_t)getpid() * 2654435761u + (uint32_t)tries;
+		if (asprintf(&p, "%s.tmp.%08" PRIx32, path, rnd) < 0)
+			return -ENOMEM;
+		if (mkdir(p, 0777) == 0) {
+			*ret = p;
+			return 0;
+		}
+		if (errno != EEXIST) {
+			int e = fp_err_detail(-errno, "%s: %s", p, strerror(errno));
+
+			free(p);
+			return e;
+		}
+		free(p);
+	}
+	return fp_err_detail(-EEXIST, "%s: cannot create a temporary directory next to it", path);
+}
+
+int fp_dir_publish(const char *tmp, const char *path)
+{
+	int r = fp_fsync_dir(tmp);
+
+	if (r < 0)
+		return r;
+	/* rename(2) replaces an empty directory; fp_dir_check_new allowed only that */
+	if (rename(tmp, path) < 0)
+		return fp_err_detail(-errno, "%s: rename from %s: %s", path, tmp, strerror(errno));
+	return fp_fsync_parent(path);
+}
+
+void fp_dir_remove_flat(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (d) {
+		while ((e = readdir(d)) != NULL) {
+			if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+				continue;
+			unlinkat(dirfd(d), e->d_name, 0);
+		}
+		closedir(d);
+	}
+	rmdir(dir);
 }
 
 /* Free f's strings and mark it closed; the descriptor must already be closed. */

@@ -45,6 +45,42 @@ int fp_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
  */
 int fp_fsync_parent(const char *path);
 
+/* fsync the directory path itself (its entries survive a crash). Returns 0 or -errno. */
+int fp_fsync_dir(const char *path);
+
+/*
+ * mkdir -p: create path and every missing parent with mode (& ~umask). Existing directories
+ * are fine. Returns 0 or -errno with detail "DIR: cannot create directory: ...".
+ */
+int fp_mkdirs(const char *path, mode_t mode);
+
+/* ---- output directories that appear whole (write into a temporary sibling, then rename) ---- */
+
+/*
+ * An output directory may be created at path: it does not exist, or it is an empty
+ * directory. Returns 0, -EEXIST "PATH: exists and is not empty ..." / "... not a directory", or
+ * -errno.
+ */
+int fp_dir_check_new(const char *path);
+
+/*
+ * Create PATH.tmp.XXXXXXXX (8 random hex digits, mode 0777 & ~umask) next to path. On success
+ * *ret is the new directory's name (caller frees). Returns 0, -ENOMEM or -errno.
+ */
+int fp_dir_make_tmp(const char *path, char **ret);
+
+/*
+ * Put the complete directory tmp in place as path (which must not exist or be empty): fsync
+ * tmp, rename, fsync the parent. Returns 0 or -errno with a detail naming both.
+ */
+int fp_dir_publish(const char *tmp, const char *path);
+
+/*
+ * Remove dir and the plain files in it (no recursion: for the flat temporary and state
+ * directories the programs create). Best effort; errors are ignored.
+ */
+void fp_dir_remove_flat(const char *dir);
+
 /*
  * A file being written under a temporary name, replaced into place only on commit, so readers
  * of path see the old file or the complete new one, never a partial one. Fields are read-only

@@ -4,7 +4,6 @@
  */
 #include "aggregate.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -2157,15 +2156,8 @@ static void run_free(struct run *x)
 {
 	fp_mask_writer_abort(x->wr);
 	fp_hfout_abort(x->ho);
-	if (x->tmpdir) {
-		char *p = NULL;
-
-		if (asprintf(&p, "%s/report.json", x->tmpdir) >= 0)
-			unlink(p);
-		free(p);
-		if (x->mask_path)
-			unlink(x->mask_path);
-		rmdir(x->tmpdir);
+	if (x->tmpdir) { /* mask_only, failed: the writer's temporary is gone already */
+		fp_dir_remove_flat(x->tmpdir);
 		free(x->tmpdir);
 	}
 	fp_st_model_close(x->model);
@@ -2390,37 +2382,6 @@ static int report_tensor(struct run *x, struct jb *j, cJSON *tensors, size_t i,
 	return j->fail ? -ENOMEM : 0;
 }
 
-/* mask_only: OUT must not exist or be empty; create its temporary sibling OUT.tmp.XXXXXX. */
-static int mask_only_dir(const char *out, char **ret)
-{
-	DIR *d = opendir(out);
-	char *tmp = NULL;
-
-	if (d) {
-		struct dirent *de;
-		bool empty = true;
-
-		while ((de = readdir(d)))
-			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-				empty = false;
-		closedir(d);
-		if (!empty)
-			return fp_err_detail(-EEXIST, "%s: exists and is not empty", out);
-	} else if (errno != ENOENT) {
-		return fp_err_detail(-errno, "%s: %s", out, strerror(errno));
-	}
-	if (asprintf(&tmp, "%s.tmp.XXXXXX", out) < 0)
-		return -ENOMEM;
-	if (!mkdtemp(tmp)) {
-		int e = fp_err_detail(-errno, "%s: %s", tmp, strerror(errno));
-
-		free(tmp);
-		return e;
-	}
-	*ret = tmp;
-	return 0;
-}
-
 int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 {
 	struct run x = { .job = job };
@@ -2483,7 +2444,9 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 	pairs = job->agreement && N >= 2 && N <= FP_AGG_MAX_PAIRS && nb == N;
 
 	if (job->mask_only) {
-		r = mask_only_dir(job->out_dir, &x.tmpdir);
+		r = fp_dir_check_new(job->out_dir);
+		if (r == 0)
+			r = fp_dir_make_tmp(job->out_dir, &x.tmpdir);
 		if (r < 0)
 			goto out;
 	} else {
@@ -2660,15 +2623,11 @@ int fp_agg_run(const struct fp_agg_job *job, struct cJSON **ret_report)
 	if (r < 0)
 		goto out;
 	if (job->mask_only) {
-		rmdir(job->out_dir); /* an empty one may exist; a non-empty one was refused */
-		if (rename(x.tmpdir, job->out_dir) < 0) {
-			r = fp_err_detail(-errno, "%s: rename to %s: %s", x.tmpdir, job->out_dir,
-					  strerror(errno));
-			goto out;
+		r = fp_dir_publish(x.tmpdir, job->out_dir);
+		if (r == 0) {
+			free(x.tmpdir);
+			x.tmpdir = NULL;
 		}
-		free(x.tmpdir);
-		x.tmpdir = NULL;
-		r = fp_fsync_parent(job->out_dir);
 	} else {
 		r = fp_hfout_commit(x.ho);
 		x.ho = NULL;

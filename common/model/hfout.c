@@ -99,38 +99,6 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-/* ---- removing the temporary directory ---- */
-
-static void remove_tmpdir(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-
-	if (d) {
-		while ((e = readdir(d)) != NULL) {
-			if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-				continue;
-			unlinkat(dirfd(d), e->d_name, 0);
-		}
-		closedir(d);
-	}
-	rmdir(dir);
-}
-
-/* fsync a directory (its new entries survive a crash). */
-static int fsync_dir(const char *path)
-{
-	int fd = open(path, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-	int r = 0;
-
-	if (fd < 0)
-		return fp_err_detail(-errno, "%s: %s", path, strerror(errno));
-	if (fsync(fd) < 0 && errno != EINVAL)
-		r = fp_err_detail(-errno, "%s: fsync: %s", path, strerror(errno));
-	close(fd);
-	return r;
-}
-
 /* ---- small files ---- */
 
 static int add_skipped(struct fp_hfout *o, const char *name, const char *reason)
@@ -281,64 +249,6 @@ out:
 
 /* ---- output directory ---- */
 
-static int check_out(const char *out)
-{
-	struct stat st;
-	struct dirent *e;
-	DIR *d;
-	int r = 0;
-
-	if (stat(out, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		return fp_err_detail(-errno, "%s: %s", out, strerror(errno));
-	}
-	if (!S_ISDIR(st.st_mode))
-		return fp_err_detail(-EEXIST, "%s: exists and is not a directory", out);
-	d = opendir(out);
-	if (!d)
-		return fp_err_detail(-errno, "%s: %s", out, strerror(errno));
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-			r = fp_err_detail(
-				-EEXIST,
-				"%s: exists and is not empty (remove it or choose another "
-				"output directory)",
-				out);
-			break;
-		}
-	}
-	closedir(d);
-	return r;
-}
-
-/* mkdir OUT.tmp.XXXXXXXX (mode 0777 & ~umask, like any new directory). */
-static int make_tmpdir(const char *out, char **ret)
-{
-	for (int tries = 0; tries < 64; tries++) {
-		uint32_t rnd = 0;
-		char *p = NULL;
-
-		if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-			rnd = (uint32_t)getpid() * 2654435761u + (uint32_t)tries;
-		if (asprintf(&p, "%s.tmp.%08" PRIx32, out, rnd) < 0)
-			return -ENOMEM;
-		if (mkdir(p, 0777) == 0) {
-			*ret = p;
-			return 0;
-		}
-		if (errno != EEXIST) {
-			int e = errno;
-
-			fp_err_detail(-e, "%s: %s", p, strerror(e));
-			free(p);
-			return -e;
-		}
-		free(p);
-	}
-	return fp_err_detail(-EEXIST, "%s: cannot create a temporary directory next to it", out);
-}
-
 /* ---- shards ---- */
 
 static int cmp_entries(const void *pa, const void *pb)
@@ -441,7 +351,7 @@ void fp_hfout_abort(struct fp_hfout *o)
 		o->shards[i].w = NULL;
 	}
 	if (o->tmp)
-		remove_tmpdir(o->tmp);
+		fp_dir_remove_flat(o->tmp);
 	hfout_free(o);
 }
 
@@ -469,13 +379,13 @@ int fp_hfout_open(const struct fp_st_model *src, const char *src_dir, const char
 		r = fp_err_detail(-EINVAL, "empty output directory name");
 		goto fail;
 	}
-	r = check_out(o->out);
+	r = fp_dir_check_new(o->out);
 	if (r < 0)
 		goto fail;
 	r = index_shards(o);
 	if (r < 0)
 		goto fail;
-	r = make_tmpdir(o->out, &o->tmp);
+	r = fp_dir_make_tmp(o->out, &o->tmp);
 	if (r < 0)
 		goto fail;
 	r = copy_small_files(o, src_dir);
@@ -617,17 +527,11 @@ int fp_hfout_commit(struct fp_hfout *o)
 		r = fp_err_detail(-EINVAL, "%s: output not finished", o->out);
 		goto fail;
 	}
-	r = fsync_dir(o->tmp);
+	r = fp_dir_publish(o->tmp, o->out);
 	if (r < 0)
 		goto fail;
-	if (rename(o->tmp, o->out) < 0) {
-		r = fp_err_detail(-errno, "%s: rename from %s: %s", o->out, o->tmp,
-				  strerror(errno));
-		goto fail;
-	}
-	r = fp_fsync_parent(o->out);
 	hfout_free(o);
-	return r;
+	return 0;
 fail:
 	fp_hfout_abort(o);
 	return r;
