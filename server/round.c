@@ -216,25 +216,6 @@ static char *path_of(const char *fmt, ...)
 	return p;
 }
 
-static int mkdir_p(const char *path)
-{
-	char buf[4096];
-	size_t n = strlen(path);
-
-	if (n >= sizeof(buf))
-		return fp_err_detail(-ENAMETOOLONG, "%s: path too long", path);
-	memcpy(buf, path, n + 1);
-	for (size_t i = 1; i <= n; i++) {
-		if (buf[i] != '/' && buf[i] != '\0')
-			continue;
-		buf[i] = '\0';
-		if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-			return fp_err_detail(-errno, "%s: mkdir: %s", buf, strerror(errno));
-		buf[i] = i == n ? '\0' : '/';
-	}
-	return 0;
-}
-
 static char *round_dir(const struct fp_round *r, uint64_t id)
 {
 	return path_of("%s/round-%" PRIu64, r->cfg.state_dir, id);
@@ -253,23 +234,6 @@ static char *part_path(const struct fp_round *r, const char *ident, long i, cons
 static char *sub_path(const struct fp_round *r, const char *ident)
 {
 	return path_of("%s/round-%" PRIu64 "/sub/%s.fpmask", r->cfg.state_dir, r->id, ident);
-}
-
-/* Remove dir and the plain files in it (the upload directory of one client). */
-static void rm_flat_dir(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *de;
-
-	if (!d)
-		return;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		unlinkat(dirfd(d), de->d_name, 0);
-	}
-	closedir(d);
-	rmdir(dir);
 }
 
 /* ---- clients ---- */
@@ -322,7 +286,7 @@ static void client_drop_upload(struct fp_round *r, struct rclient *c)
 	c->density_bad = false;
 	c->density[0] = '\0';
 	if (dir)
-		rm_flat_dir(dir);
+		fp_dir_remove_flat(dir);
 	free(dir);
 	if (c->s && !c->s->rx.committed && !c->s->commit_pending)
 		fp_upload_rx_reset(&c->s->rx, r->id);
@@ -536,7 +500,7 @@ static int spec_save(struct fp_round *r)
 	if (!buf || !dir)
 		goto out;
 	fedprune__round_spec__pack(r->spec, buf);
-	e = mkdir_p(dir);
+	e = fp_mkdirs(dir, 0700);
 	if (e < 0)
 		goto out;
 	path = path_of("%s/spec.pb", dir);
@@ -859,7 +823,7 @@ static int start_tensor(struct fp_round *r, struct rclient *c, long i, bool trun
 		e = -ENOMEM;
 		goto out;
 	}
-	e = mkdir_p(dir);
+	e = fp_mkdirs(dir, 0700);
 	if (e < 0)
 		goto out;
 	c->fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : 0), 0600);
@@ -986,6 +950,7 @@ struct store_work {
 	uint32_t ldp_rounds;
 	double ldp_total_eps;
 	uint8_t sub[FP_DIGEST_BYTES];
+	uint8_t (*dig)[FP_DIGEST_BYTES]; /* (ntensors) digests the transport verified, spec order */
 	int err;
 	char why[FP_TEXT_MAX + 1];
 };
@@ -1015,7 +980,7 @@ static void store_run(uv_work_t *w)
 	buf = malloc(cap ? cap : 1);
 	if (!buf)
 		goto out;
-	e = mkdir_p(dir);
+	e = fp_mkdirs(dir, 0700);
 	if (e == 0)
 		e = fp_mask_writer_open(out, decl, r->ntensors, &mw);
 	for (size_t i = 0; e == 0 && i < r->ntensors; i++) {
@@ -1039,7 +1004,9 @@ static void store_run(uv_work_t *w)
 		}
 		free(p);
 		if (e == 0)
-			e = fp_mask_writer_add(mw, buf, n);
+			/* the digest is computed once more here anyway: the stored bytes must
+			 * still be the ones the transport verified */
+			e = fp_mask_writer_add_verified(mw, buf, n, sw->dig[i]);
 	}
 	if (e == 0) {
 		e = fp_mask_writer_close(mw); /* fsync, rename, fsync dir */
@@ -1055,7 +1022,7 @@ static void store_run(uv_work_t *w)
 		char *up = up_dir(r, sw->id);
 
 		if (up)
-			rm_flat_dir(up);
+			fp_dir_remove_flat(up);
 		free(up);
 	}
 out:
@@ -1110,6 +1077,7 @@ static void store_done(uv_work_t *w, int status)
 			fp_session_commit_done(c->s, sw->err ? C(INTERNAL) : 0,
 					       sw->err ? "the server could not store it" : NULL);
 	}
+	free(sw->dig);
 	free(sw);
 	if (r->stopping) {
 		round_release(r);
@@ -1225,9 +1193,27 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 		sw->ldp_total_eps = cm->privacy->total_epsilon;
 	}
 	memcpy(sw->sub, s->rx.submission, FP_DIGEST_BYTES);
+	sw->dig = fp_callocarray(r->ntensors, sizeof(*sw->dig));
+	if (!sw->dig) {
+		free(sw);
+		return C(INTERNAL);
+	}
+	for (size_t i = 0; i < r->ntensors; i++) {
+		size_t k = 0;
+
+		while (k < s->rx.n && strcmp(s->rx.t[k].name, r->names[i]) != 0)
+			k++;
+		if (k == s->rx.n) { /* impossible: every chunk was checked against the spec */
+			free(sw->dig);
+			free(sw);
+			return C(INTERNAL);
+		}
+		memcpy(sw->dig[i], s->rx.t[k].digest, FP_DIGEST_BYTES);
+	}
 	e = uv_queue_work(uv_handle_get_loop((uv_handle_t *)&r->timer), &sw->w, store_run,
 			  store_done);
 	if (e < 0) {
+		free(sw->dig);
 		free(sw);
 		return C(INTERNAL);
 	}
@@ -1574,7 +1560,7 @@ static void final_run(uv_work_t *w)
 	char *mpath = path_of("%s/%s", fw->dir, FP_PRUNE_MASK_FILE);
 	int e;
 
-	rm_flat_dir(fw->dir); /* a build a crash interrupted (this directory is ours) */
+	fp_dir_remove_flat(fw->dir); /* a build a crash interrupted (this directory is ours) */
 	e = mpath && rep ? final_masks(r, r->id, &ms) : -ENOMEM;
 	if (e == 0)
 		e = fp_hfout_apply_mask(r->cfg.model, ms, "global mask", fw->dir, &st);
@@ -1769,7 +1755,7 @@ static void aggregate_start(struct fp_round *r)
 	fp_log_info("aggregating", "round=%" PRIu64 " clients=%zu group=%s tie_break=%s out=%s",
 		    r->id, n, fp_group_name(aw->job.opts.group), fp_agg_tie_name(aw->job.opts.tie),
 		    fp_q(r->out_dir));
-	e = mkdir_p(r->cfg.output);
+	e = fp_mkdirs(r->cfg.output, 0700);
 	if (e < 0)
 		goto fail;
 	e = uv_queue_work(uv_handle_get_loop((uv_handle_t *)&r->timer), &aw->w, agg_run, agg_done);

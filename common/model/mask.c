@@ -393,7 +393,8 @@ out:
 	return 0;
 }
 
-int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes)
+static int writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes,
+		      const uint8_t *want)
 {
 	const struct fp_mask_info *t;
 	uint8_t d[FP_MASK_DIGEST];
@@ -414,12 +415,28 @@ int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nby
 		return w->err = fp_err_detail(-EINVAL, "%s: tensor '%s': padding bits set",
 					      w->af.path, t->name);
 	digest(d, bits, nbytes);
+	if (want && sodium_memcmp(d, want, sizeof(d)) != 0)
+		return w->err = fp_err_detail(-EIO,
+					      "%s: tensor '%s': the bits do not match their "
+					      "expected digest",
+					      w->af.path, t->name);
 	r = writer_put(w, bits, nbytes);
 	if (r == 0)
 		r = writer_put(w, d, sizeof(d));
 	if (r == 0)
 		w->next++;
 	return r;
+}
+
+int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes)
+{
+	return writer_add(w, bits, nbytes, NULL);
+}
+
+int fp_mask_writer_add_verified(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes,
+				const uint8_t want[FP_MASK_DIGEST])
+{
+	return writer_add(w, bits, nbytes, want);
 }
 
 static void writer_free(struct fp_mask_writer *w)

@@ -136,6 +136,14 @@ int fp_mask_writer_open(const char *path, const struct fp_mask_info *decls, size
 int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes);
 
 /*
+ * The same, for bits that must hash to want (32 bytes, borrowed): the digest the writer
+ * computes anyway is compared before anything is written; a mismatch is -EIO with a detail
+ * naming the tensor (e.g. bits that changed on disk since a transfer verified them).
+ */
+int fp_mask_writer_add_verified(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes,
+				const uint8_t want[FP_MASK_DIGEST]);
+
+/*
  * Write the trailer, fsync, rename into place, fsync the directory. Fails with -EINVAL when
  * not every declared tensor was added. Frees w in every case (removing the temporary file on
  * failure).

@@ -326,6 +326,37 @@ static void test_writer_matches_encoder(void **state)
 	assert_memory_equal(s->bits[2], d_down, sizeof(d_down));
 	fp_mask_set_free(s);
 
+	/* add_verified: the right digest writes the same file, a wrong one is refused */
+	{
+		char *p2 = NULL;
+		uint8_t good[32], bad[32];
+
+		assert_true(asprintf(&p2, "%s/v.fpmask", dir) > 0);
+		assert_int_equal(fp_mask_writer_open(p2, decl, 3, &w), 0);
+		for (int i = 0; i < 3; i++) {
+			crypto_generichash(good, 32, e[i].data, (size_t)ent_nbytes(&e[i]), NULL, 0);
+			assert_int_equal(fp_mask_writer_add_verified(
+						 w, e[i].data, (size_t)ent_nbytes(&e[i]), good),
+					 0);
+		}
+		assert_int_equal(fp_mask_writer_close(w), 0);
+		f = fopen(p2, "rb");
+		assert_non_null(f);
+		assert_int_equal(fread(buf, 1, sizeof(buf), f),
+				 len < sizeof(buf) ? len : sizeof(buf));
+		fclose(f);
+		assert_memory_equal(buf, img, len < sizeof(buf) ? len : sizeof(buf));
+		assert_int_equal(fp_mask_writer_open(p2, decl, 3, &w), 0);
+		crypto_generichash(bad, 32, e[0].data, (size_t)ent_nbytes(&e[0]), NULL, 0);
+		bad[5] ^= 1;
+		assert_int_equal(
+			fp_mask_writer_add_verified(w, e[0].data, (size_t)ent_nbytes(&e[0]), bad),
+			-EIO);
+		assert_non_null(strstr(fp_err_last(), "do not match their expected digest"));
+		fp_mask_writer_abort(w);
+		free(p2);
+	}
+
 	/* a buffer too small is refused without consuming the tensor */
 	assert_int_equal(fp_mask_reader_open(path, &r), 0);
 	assert_int_equal(fp_mask_reader_next(r, NULL, buf, 1), -EINVAL);
