@@ -950,7 +950,8 @@ struct store_work {
 	uint32_t ldp_rounds;
 	double ldp_total_eps;
 	uint8_t sub[FP_DIGEST_BYTES];
-	uint8_t (*dig)[FP_DIGEST_BYTES]; /* (ntensors) digests the transport verified, spec order */
+	uint8_t (*dig)[FP_DIGEST_BYTES]; /* (ntensors) digests the client declared, spec order */
+	long bad;			 /* tensor whose bytes do not match its digest, or -1 */
 	int err;
 	char why[FP_TEXT_MAX + 1];
 };
@@ -1003,10 +1004,12 @@ static void store_run(uv_work_t *w)
 			close(fd);
 		}
 		free(p);
+		/* The one place the server hashes a submission: the bytes as stored must be the
+		 * ones the client hashed (the transport checked order and sizes, not content). */
 		if (e == 0)
-			/* the digest is computed once more here anyway: the stored bytes must
-			 * still be the ones the transport verified */
 			e = fp_mask_writer_add_verified(mw, buf, n, sw->dig[i]);
+		if (e == -EBADMSG)
+			sw->bad = (long)i;
 	}
 	if (e == 0) {
 		e = fp_mask_writer_close(mw); /* fsync, rename, fsync dir */
@@ -1068,14 +1071,31 @@ static void store_done(uv_work_t *w, int status)
 				    "tokens=%" PRIu64,
 				    fp_q(c->id), sw->round, r->naccepted, participants(r),
 				    sw->tokens);
+		} else if (sw->bad >= 0) {
+			fp_log_warn("submission refused",
+				    "identity=%s round=%" PRIu64 " code=DIGEST_MISMATCH reason=%s",
+				    fp_q(c->id), sw->round, fp_q(sw->why));
 		} else {
 			fp_log_err("cannot store a submission",
 				   "identity=%s round=%" PRIu64 " reason=%s", fp_q(c->id),
 				   sw->round, fp_q(sw->why));
 		}
-		if (c->s && c->s->commit_pending)
+		if (sw->bad >= 0) {
+			char why[FP_TEXT_MAX + 1];
+
+			/* Not the server's fault: refuse, and drop the upload so that the
+			 * client's next attempt sends everything again. */
+			snprintf(why, sizeof(why),
+				 "tensor '%s': the bytes received do not match the digest the "
+				 "client declared; upload again",
+				 r->names[sw->bad]);
+			if (c->s && c->s->commit_pending)
+				fp_session_commit_done(c->s, C(DIGEST_MISMATCH), why);
+			client_drop_upload(r, c);
+		} else if (c->s && c->s->commit_pending) {
 			fp_session_commit_done(c->s, sw->err ? C(INTERNAL) : 0,
 					       sw->err ? "the server could not store it" : NULL);
+		}
 	}
 	free(sw->dig);
 	free(sw);
@@ -1182,6 +1202,7 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 		return C(INTERNAL);
 	sw->w.data = sw;
 	sw->r = r;
+	sw->bad = -1;
 	snprintf(sw->id, sizeof(sw->id), "%s", c->id);
 	sw->round = r->id;
 	sw->tokens = cm->tokens;

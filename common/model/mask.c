@@ -416,7 +416,7 @@ static int writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nbyt
 					      w->af.path, t->name);
 	digest(d, bits, nbytes);
 	if (want && sodium_memcmp(d, want, sizeof(d)) != 0)
-		return w->err = fp_err_detail(-EIO,
+		return w->err = fp_err_detail(-EBADMSG,
 					      "%s: tensor '%s': the bits do not match their "
 					      "expected digest",
 					      w->af.path, t->name);

@@ -137,8 +137,8 @@ int fp_mask_writer_add(struct fp_mask_writer *w, const uint8_t *bits, size_t nby
 
 /*
  * The same, for bits that must hash to want (32 bytes, borrowed): the digest the writer
- * computes anyway is compared before anything is written; a mismatch is -EIO with a detail
- * naming the tensor (e.g. bits that changed on disk since a transfer verified them).
+ * computes anyway is compared before anything is written; a mismatch is -EBADMSG with a detail
+ * naming the tensor (bits that are not the ones their sender hashed, or that changed on disk).
  */
 int fp_mask_writer_add_verified(struct fp_mask_writer *w, const uint8_t *bits, size_t nbytes,
 				const uint8_t want[FP_MASK_DIGEST]);

@@ -32,10 +32,8 @@ void fp_upload_rx_init(struct fp_upload_rx *rx)
 
 void fp_upload_rx_free(struct fp_upload_rx *rx)
 {
-	for (size_t i = 0; i < rx->n; i++) {
+	for (size_t i = 0; i < rx->n; i++)
 		free(rx->t[i].name);
-		free(rx->t[i].hash);
-	}
 	free(rx->t);
 	free(rx->idx);
 	memset(rx, 0, sizeof(*rx));
@@ -163,12 +161,8 @@ static int rx_add(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, uint6
 	t = &rx->t[rx->n];
 	memset(t, 0, sizeof(*t));
 	t->name = strdup(c->tensor);
-	t->hash = hash_new();
-	if (!t->name || !t->hash) {
-		free(t->name);
-		free(t->hash);
+	if (!t->name)
 		return -ENOMEM;
-	}
 	t->kind = c->kind;
 	t->total = c->total_bytes;
 	t->ndim = c->n_shape;
@@ -185,14 +179,13 @@ static void rx_restart_tensor(struct fp_upload_rx *rx, struct fp_rx_tensor *t)
 {
 	rx->received_bytes -= t->received;
 	t->received = 0;
-	crypto_generichash_init(t->hash, NULL, 0, FP_DIGEST_BYTES);
+	t->has_digest = false;
 }
 
 int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, uint64_t max_bytes,
 		       Fedprune__ErrorCode *ret_code, const struct fp_rx_tensor **ret_done)
 {
 	struct fp_rx_tensor *t;
-	uint8_t digest[FP_DIGEST_BYTES];
 	int r;
 
 	*ret_done = NULL;
@@ -217,26 +210,29 @@ int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, 
 			   c->tensor, (unsigned long long)c->offset,
 			   (unsigned long long)t->received);
 	}
-	/* fp_env_check guaranteed offset + len <= total. */
-	crypto_generichash_update(t->hash, c->data.data, c->data.len);
+	/* fp_env_check guaranteed offset + len <= total and a digest of FP_DIGEST_BYTES or
+	 * none. A digest declared before must not change: the sender's tensor is then not the
+	 * one whose first bytes we hold (it was computed again after a restart, say). */
+	if (c->tensor_digest.len) {
+		if (t->has_digest && memcmp(t->digest, c->tensor_digest.data, FP_DIGEST_BYTES)) {
+			rx_restart_tensor(rx, t);
+			return BAD(C(DIGEST_MISMATCH),
+				   "tensor '%s': its digest changed at offset %llu; send it again "
+				   "from offset 0",
+				   c->tensor, (unsigned long long)c->offset);
+		}
+		memcpy(t->digest, c->tensor_digest.data, FP_DIGEST_BYTES);
+		t->has_digest = true;
+	}
 	t->received += c->data.len;
 	rx->received_bytes += c->data.len;
 	if (t->received < t->total)
 		return 0;
-	if (c->tensor_digest.len != FP_DIGEST_BYTES) {
+	if (!t->has_digest) {
 		rx_restart_tensor(rx, t);
 		return BAD(C(BAD_MESSAGE), "tensor '%s': last chunk carries no digest", c->tensor);
 	}
-	crypto_generichash_final(t->hash, digest, sizeof(digest));
-	if (sodium_memcmp(digest, c->tensor_digest.data, sizeof(digest)) != 0) {
-		rx_restart_tensor(rx, t);
-		return BAD(C(DIGEST_MISMATCH), "tensor '%s': digest mismatch, send it again",
-			   c->tensor);
-	}
-	memcpy(t->digest, digest, sizeof(digest));
 	t->complete = true;
-	free(t->hash);
-	t->hash = NULL;
 	*ret_done = t;
 	return 0;
 }
@@ -325,6 +321,7 @@ int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__Pa
 {
 	Fedprune__TensorChunk c = FEDPRUNE__TENSOR_CHUNK__INIT;
 	Fedprune__ErrorCode code;
+	crypto_generichash_state h;
 	struct fp_rx_tensor *t;
 	uint8_t *buf = NULL;
 	int r;
@@ -339,6 +336,11 @@ int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__Pa
 	r = rx_add(rx, &c, UINT64_MAX, &code, &t);
 	if (r < 0)
 		return r == -ENOMEM ? r : -EINVAL; /* rx_add set the detail */
+	/* A partial tensor needs no reading: the sender declares its digest again with the
+	 * chunks that follow. Every byte is read through read() all the same, for callers that
+	 * check what they hold (the server's density check); a complete tensor's digest is the
+	 * one of its bytes. */
+	crypto_generichash_init(&h, NULL, 0, FP_DIGEST_BYTES);
 	if (received) {
 		buf = malloc(FP_RESTORE_BLOCK);
 		if (!buf)
@@ -354,17 +356,17 @@ int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__Pa
 			free(buf);
 			return r;
 		}
-		crypto_generichash_update(t->hash, buf, n);
+		if (received == total)
+			crypto_generichash_update(&h, buf, n);
 		off += n;
 	}
 	free(buf);
 	t->received = received;
 	rx->received_bytes += received;
 	if (received == total) {
-		crypto_generichash_final(t->hash, t->digest, sizeof(t->digest));
+		crypto_generichash_final(&h, t->digest, sizeof(t->digest));
+		t->has_digest = true;
 		t->complete = true;
-		free(t->hash);
-		t->hash = NULL;
 	}
 	return 0;
 }
@@ -681,6 +683,11 @@ int fp_upload_tx_pump(struct fp_upload_tx *tx, struct fp_conn *c)
 			else
 				crypto_generichash_final(tx->hash, t->digest, FP_DIGEST_BYTES);
 			ch.tensor_digest.data = t->digest;
+			ch.tensor_digest.len = FP_DIGEST_BYTES;
+		} else if (t->src.digest) {
+			/* Known up front: declared on every chunk, so a receiver that holds a
+			 * prefix learns at once if the tensor is no longer the same. */
+			ch.tensor_digest.data = (uint8_t *)t->src.digest;
 			ch.tensor_digest.len = FP_DIGEST_BYTES;
 		}
 		e.version = FP_PROTO_VERSION;

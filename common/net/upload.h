@@ -5,11 +5,18 @@
  * time, only while the connection's write queue is below its high-water mark, so a fast
  * producer never has more than one chunk plus the queue in memory. After a reconnect the
  * receiver's UploadStatus says how much of each tensor it holds; the sender skips complete
- * tensors and continues partial ones at the byte where they stopped.
+ * tensors and continues partial ones at the byte where they stopped. A digest the producer
+ * knows up front goes on every chunk; otherwise it is computed while sending and goes on the
+ * last chunk.
  *
- * Receiving (fp_upload_rx): chunks of each tensor must arrive in order of offset; the digest
- * is computed as they arrive and checked against the one on the last chunk; a Commit is
- * accepted when every tensor is complete and the submission digest matches.
+ * Receiving (fp_upload_rx): chunks of each tensor must arrive in order of offset; a tensor is
+ * complete when all its bytes are there and its digest is declared (on the last chunk at the
+ * latest). A declared digest must not change between chunks, also across reconnects: if it
+ * does, the tensor starts over. The receiver does NOT hash the bytes as they arrive: the
+ * channel (TLS) already guarantees they are the sender's, and the digest is checked once
+ * against the bytes as stored, off the event loop, by the application that stores them (the
+ * round server's store step, server/round.c). A Commit is accepted when every tensor is
+ * complete and the submission digest matches the declared tensor digests.
  *
  * Submission digest: BLAKE2b-256 over, for each tensor sorted by name (bytewise), the name,
  * one 0x00 byte and its 32-byte digest.
@@ -38,9 +45,9 @@ struct fp_rx_tensor {
 	uint64_t received; /* contiguous prefix received */
 	uint64_t shape[FP_SHAPE_MAX_DIMS];
 	size_t ndim;
-	bool complete;			 /* received == total and the digest matched */
-	crypto_generichash_state *hash;	 /* while incomplete; owned, 64-byte aligned */
-	uint8_t digest[FP_DIGEST_BYTES]; /* when complete */
+	bool complete;			 /* received == total and the digest is declared */
+	bool has_digest;		 /* digest holds what the sender declared */
+	uint8_t digest[FP_DIGEST_BYTES]; /* as declared (not verified here, see above) */
 };
 
 struct fp_upload_rx {
@@ -67,12 +74,13 @@ void fp_upload_rx_free(struct fp_upload_rx *rx);
 
 /*
  * Apply one chunk. A chunk of another round starts that round over. Returns 0 and, when the
- * chunk completed its tensor with a matching digest, *ret_done = that tensor (else NULL).
- * Errors, -EPROTO with *ret_code and a detail naming the tensor: chunk at the wrong offset,
- * for a complete tensor or a committed round (OUT_OF_ORDER); kind/size changed between chunks
- * (SPEC_MISMATCH); more than max_bytes in all tensors or more than FP_LIST_MAX tensors
- * (TOO_LARGE); last chunk without a digest (BAD_MESSAGE); digest mismatch (DIGEST_MISMATCH,
- * the tensor then starts over from offset 0). -ENOMEM.
+ * chunk completed its tensor (all bytes, digest declared), *ret_done = that tensor (else
+ * NULL). Errors, -EPROTO with *ret_code and a detail naming the tensor: chunk at the wrong
+ * offset, for a complete tensor or a committed round (OUT_OF_ORDER); kind/size changed between
+ * chunks (SPEC_MISMATCH); more than max_bytes in all tensors or more than FP_LIST_MAX tensors
+ * (TOO_LARGE); last chunk without a digest (BAD_MESSAGE); a digest different from the one
+ * declared on an earlier chunk (DIGEST_MISMATCH, the tensor then starts over from offset 0).
+ * -ENOMEM.
  */
 int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, uint64_t max_bytes,
 		       Fedprune__ErrorCode *ret_code, const struct fp_rx_tensor **ret_done);
@@ -89,10 +97,11 @@ int fp_upload_rx_commit(struct fp_upload_rx *rx, const Fedprune__Commit *c);
 /*
  * Put back a tensor a previous process had received (the server's state directory): name,
  * kind, shape (ndim, may be 0) and total as on its first chunk, and the first `received`
- * bytes, which are read back through read(ud, ...) to rebuild the digest state. With
- * received == total the tensor is complete and its digest is the one of those bytes (the
- * caller stored it only after the transport had verified it). Returns 0, -EINVAL (rx is
- * committed, the tensor is already there, received > total; detail), -ENOMEM or read's error.
+ * bytes, which are read back through read(ud, ...) (callers check them there). With
+ * received == total the tensor is complete and its digest is the one of those bytes; a
+ * partial tensor gets its digest declared again by the chunks that follow. Returns 0, -EINVAL
+ * (rx is committed, the tensor is already there, received > total; detail), -ENOMEM or read's
+ * error.
  */
 int fp_upload_rx_restore(struct fp_upload_rx *rx, const char *name, Fedprune__PayloadKind kind,
 			 const uint64_t *shape, size_t ndim, uint64_t total, uint64_t received,

@@ -7,7 +7,9 @@
  *   error code=<CODE> message=<text>          each Error the server sent
  * Exit status: 0 when the submission was accepted, 3 when refused, 1 on any other failure.
  *
- * Usage: rogue_client HOST PORT CA CERT KEY MASKFILE
+ * Usage: rogue_client HOST PORT CA CERT KEY MASKFILE [--lie-digest]
+ *
+ * --lie-digest: declare a wrong digest for the first tensor (its bytes are the file's).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -105,8 +107,9 @@ int main(int argc, char **argv)
 	uv_loop_t loop;
 	int r;
 
-	if (argc != 7) {
-		fprintf(stderr, "usage: rogue_client HOST PORT CA CERT KEY MASKFILE\n");
+	if (argc != 7 && !(argc == 8 && strcmp(argv[7], "--lie-digest") == 0)) {
+		fprintf(stderr, "usage: rogue_client HOST PORT CA CERT KEY MASKFILE "
+				"[--lie-digest]\n");
 		return 2;
 	}
 	rogue.status = 1;
@@ -141,6 +144,8 @@ int main(int argc, char **argv)
 			.digest = rogue.digest[i],
 		};
 	}
+	if (argc == 8 && rogue.n)
+		rogue.digest[0][0] ^= 1;
 	to.cert = argv[4];
 	to.key = argv[5];
 	to.ca = argv[3];

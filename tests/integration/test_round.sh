@@ -47,7 +47,7 @@ fail() {
 }
 
 "$src/deploy/gen-certs.sh" "$tmp/certs" --server-ip 127.0.0.1 \
-	--clients client1,client2,client3 >/dev/null 2>&1 || fail "gen-certs.sh"
+	--clients client1,client2,client3,client4 >/dev/null 2>&1 || fail "gen-certs.sh"
 
 # server_cfg DIR ["key = value" ...]: [round] settings replacing or adding to the defaults
 server_cfg() {
@@ -222,14 +222,20 @@ grep -q 'quorum is 3' "$d/server.log" || fail "no clear quorum message"
 [ ! -e "$d/out/round-1" ] || fail "a failed round published a result"
 echo "ok 3b one client gone, quorum 3: fails cleanly ($(grep -o 'reason="round 1 failed[^"]*' "$d/server.log" | head -n 1 | cut -c9-))"
 
-# ---- 4. a client with a mask of the wrong density is refused; the round completes ----
+# ---- 4. a client with a mask of the wrong density is refused; a client whose bytes do not
+# match the digest it declared is refused when the server stores them (the one place the server
+# hashes a submission); the round completes with the other two ----
 d=$tmp/density
-server_cfg "$d" "quorum = 2"
+server_cfg "$d" "quorum = 2" "min_clients = 4"
 "$tool" prune --model "$model" --calib "$data/client3.txt" --method wanda --sparsity 0.4 \
 	--nsamples 8 --seqlen 128 --out "$d/wrong" >"$d/prune.log" 2>&1 || fail "offline prune"
 start_server "$d"
 start_client "$d" client1
 start_client "$d" client2
+"$rogue" 127.0.0.1 "$port" "$tmp/certs/ca.crt" "$tmp/certs/client4.crt" \
+	"$tmp/certs/client4.key" "$tmp/one/client3/round-1/local.fpmask" --lie-digest \
+	>"$d/liar.log" 2>&1 &
+liar=$!
 rc=0
 "$rogue" 127.0.0.1 "$port" "$tmp/certs/ca.crt" "$tmp/certs/client3.crt" \
 	"$tmp/certs/client3.key" "$d/wrong/mask.fpmask" >"$d/rogue.log" 2>&1 || rc=$?
@@ -238,11 +244,19 @@ grep -q 'receipt accepted=0 reason=.*SPEC_MISMATCH' "$d/rogue.log" ||
 	fail "the refusal does not say SPEC_MISMATCH: $(cat "$d/rogue.log")"
 grep -q 'error code=SPEC_MISMATCH message=.*has [0-9]* pruned, required' "$d/rogue.log" ||
 	fail "the client was not told which group is wrong: $(cat "$d/rogue.log")"
+rc=0
+wait "$liar" || rc=$?
+[ "$rc" = 3 ] || fail "the submission with a wrong digest was not refused (status $rc): $(cat "$d/liar.log")"
+grep -q "receipt accepted=0 reason=.*do not match the digest.*DIGEST_MISMATCH" "$d/liar.log" ||
+	fail "the refusal does not say DIGEST_MISMATCH: $(cat "$d/liar.log")"
+grep -q 'submission refused" identity=client4 .*code=DIGEST_MISMATCH' "$d/server.log" ||
+	fail "the server did not log the digest refusal"
+[ ! -e "$d/state/round-1/up/client4" ] || fail "the refused upload was kept"
 wait_exit "$spid" 120
 [ "$rc" = 0 ] || fail "wrong-density round: server exit status $rc"
 grep -q '"accepted":[[:space:]]*2' "$d/out/round-1/report.json" ||
 	fail "wrong density: not 2 accepted"
-echo "ok 4 wrong-density submission refused ($(grep -m 1 "^error code" "$d/rogue.log")); round completed with the other two"
+echo "ok 4 wrong-density submission refused ($(grep -m 1 "^error code" "$d/rogue.log")); wrong digest refused at store ($(grep -o 'tensor .*declared' "$d/liar.log" | head -n 1)); round completed with the other two"
 
 # ---- 5. iterative FedPrLLM: one round per block; each block's global mask equals the
 # offline aggregation of the clients' masks of that block; the final model holds them all ----

@@ -1375,37 +1375,131 @@ static void test_upload_resume(void **state)
 	world_stop(&w);
 }
 
-static void test_upload_bad_digest(void **state)
+/* Bytes of the restore source in test_upload_declared_digest. */
+static int restore_bytes(void *ud, uint64_t off, uint8_t *buf, size_t len)
 {
-	static const uint8_t wrong[FP_DIGEST_BYTES] = { 1, 2, 3 };
-	struct world_opts o = { 0 };
-	struct producer p = { 0 };
-	struct fp_tensor_src src = { 0 };
-	struct world w;
-	struct linkrec alice;
+	uint64_t *reads = ud;
+
+	for (size_t i = 0; i < len; i++)
+		buf[i] = tensor_byte(1, off + i);
+	*reads += len;
+	return 0;
+}
+
+/*
+ * The receiver takes the digest as declared (it never hashes arriving bytes; the round server
+ * checks them once when it stores them, tests/integration/test_round.sh case 4): a declared
+ * digest must not change, a tensor is complete only with one, and a restored prefix gets it
+ * from the chunks that follow.
+ */
+static void test_upload_declared_digest(void **state)
+{
+	static uint8_t data[3000];
+	uint8_t d1[FP_DIGEST_BYTES] = { 1 }, d2[FP_DIGEST_BYTES] = { 2 }, sub[FP_DIGEST_BYTES];
+	uint8_t want[FP_DIGEST_BYTES], bytes[3000];
+	uint64_t shape[] = { 3000 }, reads = 0;
+	Fedprune__TensorChunk c = FEDPRUNE__TENSOR_CHUNK__INIT;
+	Fedprune__Commit cm = FEDPRUNE__COMMIT__INIT;
+	const struct fp_rx_tensor *done = NULL;
+	const char *name = "t";
+	Fedprune__ErrorCode code;
+	struct fp_upload_rx rx;
 
 	(void)state;
-	world_start(&w, &o);
-	link_start(&w, &alice, "alice", 0);
-	assert_true(run_until(&w.loop, lr_is_ready, &alice, WAIT_MS));
-	p.r = &alice;
-	src.name = "w";
-	src.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8;
-	src.total_bytes = 100000;
-	src.read = produce;
-	src.ud = &p;
-	src.digest = wrong; /* the producer lies about its digest */
-	assert_int_equal(fp_link_upload(alice.l, 9, &src, 1, NULL, up_done, &alice), 0);
-	assert_true(run_until(&w.loop, up_is_done, &alice, WAIT_MS));
-	assert_true(alice.up_status < 0);
-	assert_non_null(strstr(alice.up_reason, "incomplete"));
-	assert_true(alice.errors >= 1);
-	assert_int_equal(alice.last_error, FEDPRUNE__ERROR_CODE__ERROR_DIGEST_MISMATCH);
-	assert_int_equal(w.tensors_done, 0);
-	/* A digest mismatch is not a protocol violation: still the first connection. */
-	assert_int_equal(fp_link_stats(alice.l)->connects, 1);
-	link_stop(&w, &alice);
-	world_stop(&w);
+	fp_upload_rx_init(&rx);
+	fp_upload_rx_reset(&rx, 4);
+	c.round_id = 4;
+	c.tensor = (char *)name;
+	c.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8;
+	c.shape = shape;
+	c.n_shape = 1;
+	c.total_bytes = 3000;
+	c.data.data = data;
+	c.data.len = 1000;
+	c.tensor_digest.data = d1;
+	c.tensor_digest.len = FP_DIGEST_BYTES;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), 0);
+	assert_null(done);
+	assert_int_equal(rx.t[0].received, 1000);
+	/* The digest changes at offset 1000: the sender's tensor is another one, start over. */
+	c.offset = 1000;
+	c.n_shape = 0;
+	c.tensor_digest.data = d2;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), -EPROTO);
+	assert_int_equal(code, FEDPRUNE__ERROR_CODE__ERROR_DIGEST_MISMATCH);
+	assert_non_null(strstr(fp_err_last(), "digest changed at offset 1000"));
+	assert_int_equal(rx.t[0].received, 0);
+	assert_int_equal(rx.received_bytes, 0);
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), -EPROTO);
+	assert_int_equal(code, FEDPRUNE__ERROR_CODE__ERROR_OUT_OF_ORDER);
+	/* Again from 0 with d2; later chunks without a digest keep it. */
+	for (uint64_t off = 0; off < 3000; off += 1000) {
+		c.offset = off;
+		c.tensor_digest.len = off == 0 ? FP_DIGEST_BYTES : 0;
+		assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), 0);
+		assert_true(off < 2000 ? done == NULL : done == &rx.t[0]);
+	}
+	assert_true(rx.t[0].complete);
+	assert_memory_equal(rx.t[0].digest, d2, FP_DIGEST_BYTES);
+	/* A tensor whose digest is never declared is not complete: it starts over. */
+	c.tensor = "u";
+	c.offset = 0;
+	c.total_bytes = 10;
+	c.data.len = 10;
+	c.tensor_digest.len = 0;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), -EPROTO);
+	assert_int_equal(code, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
+	assert_int_equal(rx.t[1].received, 0);
+	c.tensor_digest.len = FP_DIGEST_BYTES;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), 0);
+	assert_true(rx.t[1].complete);
+	/* The Commit must carry the submission digest of what was declared. */
+	{
+		const char *names[2] = { "t", "u" };
+		uint8_t dig[2][FP_DIGEST_BYTES];
+
+		memcpy(dig[0], d2, FP_DIGEST_BYTES);
+		memcpy(dig[1], d2, FP_DIGEST_BYTES);
+		assert_int_equal(
+			fp_submission_digest(names, (const uint8_t(*)[FP_DIGEST_BYTES])dig, 2, sub),
+			0);
+	}
+	cm.round_id = 4;
+	cm.submission_digest.data = d1;
+	cm.submission_digest.len = FP_DIGEST_BYTES;
+	assert_int_equal(fp_upload_rx_commit(&rx, &cm), -EPROTO);
+	cm.submission_digest.data = sub;
+	assert_int_equal(fp_upload_rx_commit(&rx, &cm), 0);
+	assert_true(rx.committed);
+
+	/* Restored after a restart: a prefix needs no digest, the next chunk declares it; a
+	 * complete tensor's digest is the one of its bytes. */
+	fp_upload_rx_reset(&rx, 5);
+	assert_int_equal(fp_upload_rx_restore(&rx, "t", FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8,
+					      shape, 1, 3000, 1000, restore_bytes, &reads),
+			 0);
+	assert_int_equal(reads, 1000);
+	assert_false(rx.t[0].complete);
+	assert_false(rx.t[0].has_digest);
+	c.round_id = 5;
+	c.tensor = (char *)name;
+	c.total_bytes = 3000;
+	c.offset = 1000;
+	c.data.len = 2000;
+	c.tensor_digest.data = d1;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), 0);
+	assert_true(done == &rx.t[0] && rx.t[0].complete);
+	assert_memory_equal(rx.t[0].digest, d1, FP_DIGEST_BYTES);
+	fp_upload_rx_reset(&rx, 6);
+	assert_int_equal(fp_upload_rx_restore(&rx, "t", FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8,
+					      shape, 1, 3000, 3000, restore_bytes, &reads),
+			 0);
+	for (size_t i = 0; i < sizeof(bytes); i++)
+		bytes[i] = tensor_byte(1, i);
+	crypto_generichash(want, sizeof(want), bytes, sizeof(bytes), NULL, 0);
+	assert_true(rx.t[0].complete);
+	assert_memory_equal(rx.t[0].digest, want, FP_DIGEST_BYTES);
+	fp_upload_rx_free(&rx);
 }
 
 /* --- reconnects, fatal errors, sessions, limits --- */
@@ -1728,7 +1822,7 @@ int main(void)
 		cmocka_unit_test(test_hostile_peers),
 		cmocka_unit_test(test_hostile_tcp),
 		cmocka_unit_test(test_upload_resume),
-		cmocka_unit_test(test_upload_bad_digest),
+		cmocka_unit_test(test_upload_declared_digest),
 		cmocka_unit_test(test_reconnect_backoff),
 		cmocka_unit_test(test_fatal_auth),
 		cmocka_unit_test(test_session_replaced),

@@ -351,7 +351,7 @@ static void test_writer_matches_encoder(void **state)
 		bad[5] ^= 1;
 		assert_int_equal(
 			fp_mask_writer_add_verified(w, e[0].data, (size_t)ent_nbytes(&e[0]), bad),
-			-EIO);
+			-EBADMSG);
 		assert_non_null(strstr(fp_err_last(), "do not match their expected digest"));
 		fp_mask_writer_abort(w);
 		free(p2);
