@@ -28,6 +28,8 @@
 #define TX_DIRECT    (4u << 10)	  /* protobuf pieces at least this large bypass coalescing */
 #define RBUF_DEFAULT (256u << 10)
 #define WBLK_SPARE   8 /* bulk write blocks kept while a transfer runs */
+#define TRIM_DELAY_MS \
+	500 /* input buffers of large frames are released this long after input paused */
 
 struct wblk {
 	uv_write_t req;
@@ -78,6 +80,7 @@ struct fp_conn {
 	uint64_t frame_t0; /* loop time the current frame started; 0 = none */
 	uint64_t linger_due;
 	uint64_t timer_due;   /* when the armed timer fires; 0 = not armed */
+	uint64_t trim_due;    /* when to release the large-frame input buffers; 0 = not due */
 	fp_conn_sink_fn sink; /* virtual connection output */
 	void *sink_ud;
 	int err;
@@ -531,10 +534,13 @@ static uint64_t next_deadline(const struct fp_conn *c)
 		d = c->last_rx + c->o.idle_ms;
 	if (c->frame_t0 && c->o.msg_ms && c->frame_t0 + c->o.msg_ms < d)
 		d = c->frame_t0 + c->o.msg_ms;
+	if (c->trim_due && c->trim_due < d)
+		d = c->trim_due;
 	return d;
 }
 
 static void on_timer(uv_timer_t *t);
+static void input_trim(struct fp_conn *c);
 
 static void arm_timer(struct fp_conn *c)
 {
@@ -585,6 +591,8 @@ static void on_timer(uv_timer_t *t)
 			     "idle: nothing received for %llu ms",
 			     (unsigned long long)c->o.idle_ms);
 	} else {
+		if (c->trim_due && now >= c->trim_due)
+			input_trim(c);
 		arm_timer(c);
 	}
 }
@@ -599,6 +607,8 @@ static void handle_frame(struct fp_conn *c)
 	int r;
 
 	c->frame_t0 = 0;
+	if (c->dec.len > FP_FRAME_KEEP)
+		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
 	r = fp_env_unpack_cached(c->dec.buf, c->dec.len, &c->envc, &e);
 	fp_frame_dec_next(&c->dec);
 	if (r < 0) {
@@ -619,13 +629,26 @@ static void handle_frame(struct fp_conn *c)
 	fp_env_free_cached(e, &c->envc);
 }
 
-/* Input paused between frames: give back what only a stream of large frames needs. */
-static void input_idle(struct fp_conn *c)
+/* Give back what only a stream of large frames needs, unless a frame is half read. */
+static void input_trim(struct fp_conn *c)
 {
+	c->trim_due = 0;
 	if (fp_frame_dec_partial(&c->dec))
 		return;
 	fp_frame_dec_trim(&c->dec);
 	fp_env_cache_trim(&c->envc);
+}
+
+/*
+ * Input paused. The buffers of large frames are released TRIM_DELAY_MS after the last large
+ * frame (handle_frame sets trim_due), not at every pause: during an upload the socket drains
+ * between most frames, and freeing and allocating a megabyte each time cost page faults on
+ * every frame (about a fifth of the receiver's CPU); small frames (heartbeats) do not delay it.
+ */
+static void input_idle(struct fp_conn *c)
+{
+	if (c->trim_due)
+		arm_timer(c);
 }
 
 /* Plaintext arrived: split into frames. */
@@ -982,6 +1005,11 @@ const char *fp_conn_claimed(const struct fp_conn *c)
 const char *fp_conn_reason(const struct fp_conn *c)
 {
 	return c->reason;
+}
+
+size_t fp_conn_input_held(const struct fp_conn *c)
+{
+	return c->dec.cap + c->envc.cap;
 }
 
 int fp_conn_error(const struct fp_conn *c)

@@ -159,6 +159,10 @@ int fp_conn_error(const struct fp_conn *c);
  * call. */
 const char *fp_conn_tls_version(const struct fp_conn *c);
 
+/* Bytes of input buffers c holds for large frames (frame payload and chunk data); they are
+ * released once input has paused for half a second. For tests and metrics. */
+size_t fp_conn_input_held(const struct fp_conn *c);
+
 /* Byte and message counters. Borrowed, valid while c lives. */
 const struct fp_conn_stats *fp_conn_stats(const struct fp_conn *c);
 

@@ -6,7 +6,7 @@
  *
  * upload:  one client uploads an N MiB (default 256) bit mask to a server in another process
  *          over mutually authenticated TLS 1.3 on loopback until the server's Receipt, three
- *          variants interleaved three times: (1) as fedprune-client sends it (the digest comes
+ *          variants interleaved five times: (1) as fedprune-client sends it (the digest comes
  *          from the mask file) to fp_srv as the round server runs it (order, sizes, declared
  *          digests; nothing hashed on arrival) -- the figure of the target; (2) the same plus
  *          the one check of every byte against its digest that the round server's store step
@@ -684,7 +684,7 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-#define UP_REPS 3
+#define UP_REPS 5
 
 static void bench_upload(struct pki *p, uint64_t mib)
 {
@@ -742,11 +742,13 @@ static void bench_upload(struct pki *p, uint64_t mib)
 		}
 		qsort(ratio_cpu[v], UP_REPS, sizeof(double), cmp_double);
 		qsort(ratio_wall[v], UP_REPS, sizeof(double), cmp_double);
-		printf("  median of %d: ratio %.3f per busiest process, %.3f wall\n", UP_REPS,
-		       ratio_cpu[v][UP_REPS / 2], ratio_wall[v][UP_REPS / 2]);
+		printf("  of %d runs: median ratio %.3f per busiest process, %.3f wall; best %.3f "
+		       "per busiest process, %.3f wall\n",
+		       UP_REPS, ratio_cpu[v][UP_REPS / 2], ratio_wall[v][UP_REPS / 2],
+		       ratio_cpu[v][UP_REPS - 1], ratio_wall[v][UP_REPS - 1]);
 	}
-	printf("target (issue 5): the upload (first line) >= 0.4 of AES-128-GCM: %s per busiest "
-	       "process, %s wall\n",
+	printf("target (issue 5): upload (first variant) >= 0.4 of AES-128-GCM: median %s per "
+	       "busiest process, %s wall\n",
 	       ratio_cpu[0][UP_REPS / 2] >= 0.4 ? "met" : "NOT met",
 	       ratio_wall[0][UP_REPS / 2] >= 0.4 ? "met" : "not met");
 }

@@ -1366,10 +1366,22 @@ static void test_upload_resume(void **state)
 	/* The session knows the upload is committed: asking again says so. */
 	{
 		struct fp_session *s = fp_srv_session(w.srv, "alice");
+		uint64_t t0;
 
 		assert_non_null(s);
 		assert_true(s->rx.committed);
 		assert_int_equal(s->rx.round_id, 5);
+		/* The server kept its input buffers for chunk-sized frames between the chunks
+		 * of the stream and gives them back once input has paused for half a second. */
+		assert_non_null(s->conn);
+		assert_true(fp_conn_input_held(s->conn) >= CHUNK);
+		t0 = uv_now(&w.loop);
+		while (fp_conn_input_held(s->conn) > 2048 && uv_now(&w.loop) - t0 < 3000)
+			uv_run(&w.loop, UV_RUN_ONCE);
+		printf("input buffers released after %llu ms\n",
+		       (unsigned long long)(uv_now(&w.loop) - t0));
+		assert_true(fp_conn_input_held(s->conn) <= 2048);
+		assert_true(uv_now(&w.loop) - t0 >= 400);
 	}
 	link_stop(&w, &alice);
 	world_stop(&w);
