@@ -454,7 +454,7 @@ int fp_upload_tx_new(uint64_t round_id, const struct fp_tensor_src *src, size_t 
 	if (chunk_bytes < 1024)
 		return fp_err_detail(-EINVAL, "chunk size %zu is below 1024 bytes", chunk_bytes);
 	for (size_t i = 0; i < n; i++) {
-		if (!fp_tensor_name_valid(src[i].name) || !src[i].read ||
+		if (!fp_tensor_name_valid(src[i].name) || (!src[i].read && !src[i].bytes) ||
 		    src[i].ndim > FP_SHAPE_MAX_DIMS)
 			return fp_err_detail(-EINVAL,
 					     "tensor %zu ('%s'): invalid name, shape or reader", i,
@@ -616,6 +616,7 @@ int fp_upload_tx_pump(struct fp_upload_tx *tx, struct fp_conn *c)
 		Fedprune__Envelope e = FEDPRUNE__ENVELOPE__INIT;
 		Fedprune__TensorChunk ch = FEDPRUNE__TENSOR_CHUNK__INIT;
 		struct tx_tensor *t;
+		const uint8_t *data = tx->buf;
 		uint64_t total, len;
 		bool hash_only;
 
@@ -651,16 +652,18 @@ int fp_upload_tx_pump(struct fp_upload_tx *tx, struct fp_conn *c)
 		len = total - tx->pos < tx->chunk ? total - tx->pos : tx->chunk;
 		if (hash_only && t->send_from != UINT64_MAX && t->send_from - tx->pos < len)
 			len = t->send_from - tx->pos;
-		if (len) {
+		if (len && t->src.bytes) {
+			data = t->src.bytes + tx->pos; /* in memory: sent from where it is */
+		} else if (len) {
 			r = t->src.read(t->src.ud, tx->pos, tx->buf, (size_t)len);
 			if (r < 0)
 				return fp_err_detail(r,
 						     "tensor '%s': reading %llu bytes at %llu: %s",
 						     t->src.name, (unsigned long long)len,
 						     (unsigned long long)tx->pos, fp_strerror(r));
-			if (!t->src.digest)
-				crypto_generichash_update(tx->hash, tx->buf, (size_t)len);
 		}
+		if (len && !t->src.digest)
+			crypto_generichash_update(tx->hash, data, (size_t)len);
 		if (hash_only) {
 			tx->pos += len;
 			hashed += len;
@@ -674,7 +677,7 @@ int fp_upload_tx_pump(struct fp_upload_tx *tx, struct fp_conn *c)
 			ch.n_shape = t->src.ndim;
 		}
 		ch.offset = tx->pos;
-		ch.data.data = tx->buf;
+		ch.data.data = (uint8_t *)data;
 		ch.data.len = (size_t)len;
 		ch.total_bytes = total;
 		if (tx->pos + len == total) {

@@ -141,6 +141,10 @@ struct fp_tensor_src {
 	uint64_t total_bytes;
 	fp_tensor_read_fn read;
 	void *ud;
+	/* Optional: the whole payload in memory (e.g. a mapped file), borrowed until the upload
+	 * is freed. Chunks are then sent from it without a copy and read is not called (it may
+	 * be NULL). */
+	const uint8_t *bytes;
 	/* Optional BLAKE2b-256 of the whole payload if the producer knows it (then the sender
 	 * does not hash); NULL: computed while sending. Borrowed. */
 	const uint8_t *digest;

@@ -7,13 +7,14 @@
  * upload:  one client uploads an N MiB (default 256) bit mask to a server in another process
  *          over mutually authenticated TLS 1.3 on loopback until the server's Receipt, three
  *          variants interleaved five times: (1) as fedprune-client sends it (the digest comes
- *          from the mask file) to fp_srv as the round server runs it (order, sizes, declared
+ *          from the mask file, chunks straight from its mapping) to fp_srv as the round server runs it (order, sizes, declared
  *          digests; nothing hashed on arrival) -- the figure of the target; (2) the same plus
  *          the one check of every byte against its digest that the round server's store step
  *          makes (BLAKE2b-256 on the threadpool) before the Receipt; (3) a producer without a
  *          digest, so the sender hashes while sending. Throughput is divided by OpenSSL's
  *          single-core AES-128-GCM throughput measured in the same run (`openssl speed -evp
- *          aes-128-gcm -seconds 3`, 16 KiB column; EVP in this process as a cross-check), per
+ *          aes-128-gcm -seconds 2`, 16 KiB column, run before each of the five rounds and paired
+ *          with the uploads of that round; EVP in this process as a cross-check), per
  *          busiest process (bytes per CPU-second, the unit `openssl speed` uses; CPU of every
  *          thread from /proc/PID/task/TID/schedstat) and by the wall clock.
  * clients: N (default 1000) mTLS clients in one process on one loop connect to a server in
@@ -485,9 +486,14 @@ static long vmrss_kib(pid_t pid)
 
 /* --- AES-128-GCM reference throughput --- */
 
-static double openssl_speed(void)
+static double openssl_speed(int seconds)
 {
-	FILE *f = popen("openssl speed -evp aes-128-gcm -seconds 3 2>/dev/null", "r");
+	char cmd[96];
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "openssl speed -evp aes-128-gcm -seconds %d 2>/dev/null",
+		 seconds);
+	f = popen(cmd, "r");
 	char line[512];
 	double v = 0;
 
@@ -602,7 +608,7 @@ static double upload_once(struct pki *p, uint64_t mib, bool precomputed, struct 
 	double c0, s0;
 	uint64_t bits = mib * 8 * (1u << 20);
 	uint64_t shape[2] = { 32768, bits / 32768 };
-	uint8_t *pattern = malloc(1u << 20), digest[32];
+	uint8_t *pattern = malloc(1u << 20), *whole = NULL, digest[32];
 	struct fp_link_ops ops = { .on_ready = up_ready };
 	struct fp_link_cfg cfg = { 0 };
 	struct fp_tensor_src src = { 0 };
@@ -621,6 +627,14 @@ static double upload_once(struct pki *p, uint64_t mib, bool precomputed, struct 
 			crypto_generichash_update(&h, pattern, 1u << 20);
 		crypto_generichash_final(&h, digest, 32);
 		src.digest = digest;
+		/* As fedprune-client: the mask file is mapped, chunks go out from the page
+		 * cache. Here the mask is in memory (touched before the clock starts). */
+		whole = malloc(mib << 20);
+		if (!whole)
+			die("malloc");
+		for (uint64_t i = 0; i < mib; i++)
+			memcpy(whole + (i << 20), pattern, 1u << 20);
+		src.bytes = whole;
 	}
 	pid = spawn_server(p, 16, &port);
 	uv_loop_init(&loop);
@@ -669,6 +683,7 @@ static double upload_once(struct pki *p, uint64_t mib, bool precomputed, struct 
 		fprintf(stderr, "server exited with %d\n", st);
 	SSL_CTX_free(cfg.tls);
 	free(pattern);
+	free(whole);
 	if (s.status < 0)
 		exit(1);
 	res->secs = s.t1 - s.t0;
@@ -695,7 +710,7 @@ static void bench_upload(struct pki *p, uint64_t mib)
 		"once (BLAKE2b-256 on the threadpool, as the round server's store step does):",
 		"a producer without a digest: the sender hashes while sending:",
 	};
-	double aes_cli, aes_evp, b2, load[3] = { 0 };
+	double aes[UP_REPS] = { 0 }, aes_sorted[UP_REPS], aes_evp, b2, load[3] = { 0 };
 	double ratio_cpu[3][UP_REPS], ratio_wall[3][UP_REPS];
 	struct up_result r[3][UP_REPS];
 	uint8_t *buf = malloc(64u << 20), out[32];
@@ -705,21 +720,29 @@ static void bench_upload(struct pki *p, uint64_t mib)
 	       "separate processes)\n",
 	       (unsigned long long)mib);
 	memset(buf, 7, 64u << 20);
-	aes_cli = no_ref ? 0 : openssl_speed();
 	aes_evp = no_ref ? 0 : evp_speed();
 	t0 = self_cpu();
 	crypto_generichash(out, 32, buf, 64u << 20, NULL, 0);
 	b2 = (double)(64u << 20) / (self_cpu() - t0);
 	free(buf);
-	/* The variants interleaved, UP_REPS times, so that load changes hit them alike. */
-	for (int k = 0; k < UP_REPS; k++)
+	/* UP_REPS rounds, each: the reference, then the variants, so that every upload is
+	 * compared with AES-GCM measured just before it, under the same load. */
+	for (int k = 0; k < UP_REPS; k++) {
+		aes[k] = no_ref ? 0 : openssl_speed(2);
 		for (int v = 0; v < 3; v++) {
 			verify_mode = v == 1;
 			upload_once(p, mib, v != 2, &r[v][k]);
 			verify_mode = false;
 		}
+	}
 	getloadavg(load, 3);
-	printf("openssl speed -evp aes-128-gcm -seconds 3 (16 KiB): %8.1f MB/s\n", aes_cli / 1e6);
+	memcpy(aes_sorted, aes, sizeof(aes));
+	qsort(aes_sorted, UP_REPS, sizeof(double), cmp_double);
+	printf("openssl speed -evp aes-128-gcm -seconds 2 (16 KiB), before each of the %d rounds:",
+	       UP_REPS);
+	for (int k = 0; k < UP_REPS; k++)
+		printf(" %.1f", aes[k] / 1e6);
+	printf(" MB/s (median %.1f)\n", aes_sorted[UP_REPS / 2] / 1e6);
 	printf("EVP AES-128-GCM in this process (16 KiB, 3 CPU-s):  %8.1f MB/s\n", aes_evp / 1e6);
 	printf("BLAKE2b-256 (libsodium, 64 MiB, CPU time):          %8.1f MB/s\n", b2 / 1e6);
 	printf("load average after the runs: %.2f (cores: %ld)\n", load[0],
@@ -732,8 +755,8 @@ static void bench_upload(struct pki *p, uint64_t mib)
 						 ? r[v][k].cpu_client
 						 : r[v][k].cpu_server;
 
-			ratio_wall[v][k] = aes_cli > 0 ? bytes / r[v][k].secs / aes_cli : 0;
-			ratio_cpu[v][k] = aes_cli > 0 ? bytes / busiest / aes_cli : 0;
+			ratio_wall[v][k] = aes[k] > 0 ? bytes / r[v][k].secs / aes[k] : 0;
+			ratio_cpu[v][k] = aes[k] > 0 ? bytes / busiest / aes[k] : 0;
 			printf("  wall %.3f s: %7.1f MB/s, ratio %.3f | CPU s: client %.3f, server "
 			       "%.3f -> %7.1f MB/s per busiest process, ratio %.3f\n",
 			       r[v][k].secs, bytes / r[v][k].secs / 1e6, ratio_wall[v][k],
@@ -742,15 +765,18 @@ static void bench_upload(struct pki *p, uint64_t mib)
 		}
 		qsort(ratio_cpu[v], UP_REPS, sizeof(double), cmp_double);
 		qsort(ratio_wall[v], UP_REPS, sizeof(double), cmp_double);
-		printf("  of %d runs: median ratio %.3f per busiest process, %.3f wall; best %.3f "
+		printf("  of %d rounds: median ratio %.3f per busiest process, %.3f wall; best "
+		       "%.3f "
 		       "per busiest process, %.3f wall\n",
 		       UP_REPS, ratio_cpu[v][UP_REPS / 2], ratio_wall[v][UP_REPS / 2],
 		       ratio_cpu[v][UP_REPS - 1], ratio_wall[v][UP_REPS - 1]);
 	}
-	printf("target (issue 5): upload (first variant) >= 0.4 of AES-128-GCM: median %s per "
-	       "busiest process, %s wall\n",
-	       ratio_cpu[0][UP_REPS / 2] >= 0.4 ? "met" : "NOT met",
-	       ratio_wall[0][UP_REPS / 2] >= 0.4 ? "met" : "not met");
+	printf("target (issue 5): upload (first variant) >= 0.4 of AES-128-GCM: median %.3f per "
+	       "busiest process (%s), %.3f wall (%s); best %.3f (%s), %.3f wall (%s)\n",
+	       ratio_cpu[0][UP_REPS / 2], ratio_cpu[0][UP_REPS / 2] >= 0.4 ? "met" : "not met",
+	       ratio_wall[0][UP_REPS / 2], ratio_wall[0][UP_REPS / 2] >= 0.4 ? "met" : "not met",
+	       ratio_cpu[0][UP_REPS - 1], ratio_cpu[0][UP_REPS - 1] >= 0.4 ? "met" : "not met",
+	       ratio_wall[0][UP_REPS - 1], ratio_wall[0][UP_REPS - 1] >= 0.4 ? "met" : "not met");
 }
 
 /* --- many clients --- */

@@ -1308,6 +1308,7 @@ static void test_upload_resume(void **state)
 {
 	uint64_t shape0[] = { 4096, 6144 }; /* 25 165 824 bits = 3 MiB of mask */
 	uint64_t shape1[] = { 1000 };
+	static uint8_t mem1[1000];
 	struct world_opts o = { 0 };
 	struct producer p[3];
 	struct fp_tensor_src src[3];
@@ -1335,6 +1336,11 @@ static void test_upload_resume(void **state)
 	src[1].shape = shape1;
 	src[1].ndim = 1;
 	src[1].total_bytes = 1000;
+	/* This one is in memory: sent from where it is, the reader is never called. */
+	for (int k = 0; k < 1000; k++)
+		mem1[k] = tensor_byte(1, (uint64_t)k);
+	src[1].bytes = mem1;
+	src[1].read = NULL;
 	src[2].name = "empty";
 	src[2].kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8;
 	src[2].total_bytes = 0;
@@ -1363,6 +1369,7 @@ static void test_upload_resume(void **state)
 	printf("max queued while producing: %zu bytes (high water %u, chunk %u)\n", p[0].max_queued,
 	       WQ_HIGH, CHUNK);
 	assert_true(p[0].max_queued <= WQ_HIGH + CHUNK + 4096);
+	assert_int_equal(p[1].reads, 0);
 	/* The session knows the upload is committed: asking again says so. */
 	{
 		struct fp_session *s = fp_srv_session(w.srv, "alice");
