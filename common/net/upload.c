@@ -213,6 +213,9 @@ int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, 
 	/* fp_env_check guaranteed offset + len <= total and a digest of FP_DIGEST_BYTES or
 	 * none. A digest declared before must not change: the sender's tensor is then not the
 	 * one whose first bytes we hold (it was computed again after a restart, say). */
+	if (c->tensor_digest.len && c->tensor_digest.len != FP_DIGEST_BYTES)
+		return BAD(C(BAD_MESSAGE), "tensor '%s': a digest of %zu bytes (%u expected)",
+			   c->tensor, c->tensor_digest.len, FP_DIGEST_BYTES);
 	if (c->tensor_digest.len) {
 		if (t->has_digest && memcmp(t->digest, c->tensor_digest.data, FP_DIGEST_BYTES)) {
 			rx_restart_tensor(rx, t);

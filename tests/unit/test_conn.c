@@ -1518,6 +1518,13 @@ static void test_upload_declared_digest(void **state)
 	crypto_generichash(want, sizeof(want), bytes, sizeof(bytes), NULL, 0);
 	assert_true(rx.t[0].complete);
 	assert_memory_equal(rx.t[0].digest, want, FP_DIGEST_BYTES);
+	/* A digest of another size is refused (fp_env_check refuses it earlier on the wire). */
+	fp_upload_rx_reset(&rx, 7);
+	c.round_id = 7;
+	c.offset = 0;
+	c.tensor_digest.len = 5;
+	assert_int_equal(fp_upload_rx_chunk(&rx, &c, 1u << 20, &code, &done), -EPROTO);
+	assert_int_equal(code, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE);
 	fp_upload_rx_free(&rx);
 }
 
