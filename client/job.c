@@ -282,18 +282,12 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 /* Write text to dir/name atomically. */
 static int write_small(const char *dir, const char *name, const char *text)
 {
-	struct fp_atomic_file f = { .fd = -1 };
 	char *path = join(dir, name);
 	int r;
 
 	if (!path)
 		return -ENOMEM;
-	r = fp_atomic_open(&f, path, 0600);
-	if (r == 0)
-		r = fp_atomic_write(&f, text, strlen(text));
-	if (r == 0)
-		r = fp_atomic_commit(&f);
-	fp_atomic_abort(&f);
+	r = fp_write_file_atomic(path, text, strlen(text), 0600);
 	free(path);
 	return r;
 }

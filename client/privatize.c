@@ -60,21 +60,14 @@ static int account_load(const char *path, struct account *a)
 
 static int account_save(const char *path, const struct account *a)
 {
-	struct fp_atomic_file f = { 0 };
 	char text[256];
-	int n, e;
+	int n;
 
 	n = snprintf(text, sizeof(text),
 		     "{\"responses\": %" PRIu64 ", \"rounds\": %" PRIu64
 		     ", \"total_epsilon\": %.17g}\n",
 		     a->responses, a->rounds, a->total_eps);
-	e = fp_atomic_open(&f, path, 0600);
-	if (e == 0)
-		e = fp_atomic_write(&f, text, (size_t)n);
-	if (e == 0)
-		return fp_atomic_commit(&f);
-	fp_atomic_abort(&f);
-	return e;
+	return fp_write_file_atomic(path, text, (size_t)n, 0600);
 }
 
 /* The true mask's identity: the file's own trailing digest (over every byte before it). */

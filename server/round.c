@@ -491,7 +491,6 @@ nomem:
 /* Write the spec of round r->id to its directory (atomic). */
 static int spec_save(struct fp_round *r)
 {
-	struct fp_atomic_file f = { 0 };
 	size_t len = fedprune__round_spec__get_packed_size(r->spec);
 	uint8_t *buf = malloc(len ? len : 1);
 	char *dir = round_dir(r, r->id), *path = NULL;
@@ -508,13 +507,7 @@ static int spec_save(struct fp_round *r)
 		e = -ENOMEM;
 		goto out;
 	}
-	e = fp_atomic_open(&f, path, 0600);
-	if (e == 0)
-		e = fp_atomic_write(&f, buf, len);
-	if (e == 0)
-		e = fp_atomic_commit(&f);
-	else
-		fp_atomic_abort(&f);
+	e = fp_write_file_atomic(path, buf, len, 0600);
 out:
 	free(buf);
 	free(dir);

@@ -346,3 +346,16 @@ void fp_atomic_abort(struct fp_atomic_file *f)
 	unlink(f->tmp);
 	atomic_release(f);
 }
+
+int fp_write_file_atomic(const char *path, const void *p, size_t n, mode_t mode)
+{
+	struct fp_atomic_file f = { .fd = -1 };
+	int r = fp_atomic_open(&f, path, mode);
+
+	if (r == 0)
+		r = fp_atomic_write(&f, p, n);
+	if (r == 0)
+		return fp_atomic_commit(&f);
+	fp_atomic_abort(&f);
+	return r;
+}

@@ -119,4 +119,11 @@ int fp_atomic_commit(struct fp_atomic_file *f);
 /* Close and remove the temporary, free f's strings, leave f closed. Does nothing if closed. */
 void fp_atomic_abort(struct fp_atomic_file *f);
 
+/*
+ * Write the n bytes at p (borrowed) as the whole of path, through an fp_atomic_file created
+ * with mode: readers see the old file or all of the new one. Returns 0 or the -errno of the
+ * step that failed, with its detail (see above); nothing is left behind on failure.
+ */
+int fp_write_file_atomic(const char *path, const void *p, size_t n, mode_t mode);
+
 #endif

@@ -775,18 +775,12 @@ static int write_sink(void *ctx, const struct fp_prune_block *b)
 
 static int write_text(const char *dir, const char *name, const char *text)
 {
-	struct fp_atomic_file f = { .fd = -1 };
 	char *path = NULL;
 	int r;
 
 	if (asprintf(&path, "%s/%s", dir, name) < 0)
 		return -ENOMEM;
-	r = fp_atomic_open(&f, path, 0666);
-	if (r == 0)
-		r = fp_atomic_write(&f, text, strlen(text));
-	if (r == 0)
-		r = fp_atomic_commit(&f);
-	fp_atomic_abort(&f);
+	r = fp_write_file_atomic(path, text, strlen(text), 0666);
 	free(path);
 	return r;
 }

@@ -884,7 +884,6 @@ int fp_ldp_memo_load(const char *path, struct fp_ldp_memo **ret)
 
 int fp_ldp_memo_save(const char *path, const struct fp_ldp_memo *m)
 {
-	struct fp_atomic_file f = { .fd = -1 };
 	uint8_t *b = NULL;
 	size_t len = 0;
 	int e = fp_ldp_memo_serialize(m, &b, &len);
@@ -895,16 +894,7 @@ int fp_ldp_memo_save(const char *path, const struct fp_ldp_memo *m)
 		snprintf(why, sizeof(why), "%s", fp_err_last());
 		return e == -EINVAL ? fp_err_detail(e, "%s: %s", path, why) : e;
 	}
-	e = fp_atomic_open(&f, path, 0600);
-	if (e < 0)
-		goto out;
-	e = fp_atomic_write(&f, b, len);
-	if (e < 0) {
-		fp_atomic_abort(&f);
-		goto out;
-	}
-	e = fp_atomic_commit(&f);
-out:
+	e = fp_write_file_atomic(path, b, len, 0600);
 	free(b);
 	return e;
 }

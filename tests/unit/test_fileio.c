@@ -384,6 +384,36 @@ static void test_atomic_commit_fails(void **state)
 	free(dir);
 }
 
+/* The one-shot form: replaces the whole file, leaves nothing behind when it cannot. */
+static void test_write_file_atomic(void **state)
+{
+	char *dir = fp_test_mkdtemp(), *path = join(dir, "f"), *nodir = join(dir, "no/f"), *got;
+	struct stat st;
+	mode_t old_mask;
+	size_t len;
+
+	(void)state;
+	free(fp_test_write_file(dir, "f", "a longer old content", 20));
+	old_mask = umask(022);
+	assert_int_equal(fp_write_file_atomic(path, "new", 3, 0640), 0);
+	umask(old_mask);
+	got = slurp(path, &len);
+	assert_int_equal(len, 3); /* replaced, not overwritten in place */
+	assert_memory_equal(got, "new", 3);
+	free(got);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	assert_int_equal(count_entries(dir), 1);
+	fp_err_clear();
+	assert_int_equal(fp_write_file_atomic(nodir, "x", 1, 0600), -ENOENT);
+	assert_err_has(nodir, ".tmp.");
+	assert_int_equal(count_entries(dir), 1);
+	free(nodir);
+	free(path);
+	fp_test_rmtree(dir);
+	free(dir);
+}
+
 static void test_fsync_parent(void **state)
 {
 	char *dir = fp_test_mkdtemp(), *in = join(dir, "x"), *missing = join(dir, "no/x");
@@ -411,6 +441,7 @@ int main(void)
 		cmocka_unit_test(test_atomic_commit),
 		cmocka_unit_test(test_atomic_abort),
 		cmocka_unit_test(test_atomic_commit_fails),
+		cmocka_unit_test(test_write_file_atomic),
 		cmocka_unit_test(test_fsync_parent),
 	};
 
