@@ -1241,6 +1241,7 @@ static int on_commit(struct fp_srv *srv, struct fp_session *s, const Fedprune__C
 
 struct restore_src {
 	int fd;
+	const char *path;	 /* of fd, for messages */
 	struct fp_maskcheck *mc; /* fed while reading, or NULL */
 };
 
@@ -1250,7 +1251,10 @@ static int restore_read(void *ud, uint64_t off, uint8_t *buf, size_t len)
 	ssize_t got = pread(rs->fd, buf, len, (off_t)off);
 
 	if (got != (ssize_t)len)
-		return fp_err_detail(-EIO, "short read while restoring an upload");
+		return fp_err_detail(-EIO,
+				     "%s: cannot read %zu bytes at offset %" PRIu64
+				     " while restoring an upload",
+				     rs->path, len, off);
 	return rs->mc ? fp_maskcheck_feed(rs->mc, buf, len) : 0;
 }
 
@@ -1268,7 +1272,7 @@ static void restore_upload(struct fp_round *r, struct rclient *c, struct fp_sess
 		uint64_t total = fp_mask_bytes(r->rows[i] * r->cols[i]);
 		char *done = part_path(r, c->id, (long)i, "done");
 		char *part = part_path(r, c->id, (long)i, "part");
-		struct restore_src rs = { -1, NULL };
+		struct restore_src rs = { -1, NULL, NULL };
 		struct fp_maskcheck whole = { 0 }; /* a complete tensor's density, checked again */
 		struct stat st;
 		bool complete = false;
@@ -1283,7 +1287,8 @@ static void restore_upload(struct fp_round *r, struct rclient *c, struct fp_sess
 		} else {
 			goto next;
 		}
-		rs.fd = open(complete ? done : part, O_RDONLY | O_CLOEXEC);
+		rs.path = complete ? done : part;
+		rs.fd = open(rs.path, O_RDONLY | O_CLOEXEC);
 		if (rs.fd < 0)
 			goto next;
 		if (!complete) {
@@ -2013,7 +2018,10 @@ static int h_result_request(struct fp_srv *srv, struct fp_session *s, const Fedp
 		return -ENOMEM;
 	if (pread(res->fd, buf, len, (off_t)(in->offset + rq->offset)) != (ssize_t)len) {
 		free(buf);
-		return fp_err_detail(-EIO, "cannot read the published mask");
+		return fp_err_detail(-EIO,
+				     "round %" PRIu64 ": cannot read %zu bytes of tensor '%s' at "
+				     "offset %" PRIu64 " from its published mask",
+				     res->id, len, in->name, rq->offset);
 	}
 	ch.round_id = res->id;
 	ch.tensor = (char *)in->name;
@@ -2032,7 +2040,11 @@ static int h_result_request(struct fp_srv *srv, struct fp_session *s, const Fedp
 		if (pread(res->fd, dg, sizeof(dg), (off_t)(in->offset + in->nbytes)) !=
 		    (ssize_t)sizeof(dg)) {
 			free(buf);
-			return fp_err_detail(-EIO, "cannot read the published mask");
+			return fp_err_detail(-EIO,
+					     "round %" PRIu64
+					     ": cannot read the digest of tensor '%s' "
+					     "from its published mask",
+					     res->id, in->name);
 		}
 		ch.tensor_digest.data = dg;
 		ch.tensor_digest.len = sizeof(dg);
