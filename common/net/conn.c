@@ -28,8 +28,10 @@
 #define TX_DIRECT    (4u << 10)	  /* protobuf pieces at least this large bypass coalescing */
 #define RBUF_DEFAULT (256u << 10)
 #define WBLK_SPARE   8 /* bulk write blocks kept while a transfer runs */
-#define TRIM_DELAY_MS \
-	500 /* input buffers of large frames are released this long after input paused */
+/* The input buffers of large frames are released this long after the last large frame, not
+ * whenever the socket drains: during an upload it drains between most frames, and freeing and
+ * faulting in a megabyte again each time cost about a fifth of the receiver's CPU. */
+#define TRIM_DELAY_MS 500
 
 struct wblk {
 	uv_write_t req;
@@ -607,8 +609,10 @@ static void handle_frame(struct fp_conn *c)
 	int r;
 
 	c->frame_t0 = 0;
-	if (c->dec.len > FP_FRAME_KEEP)
+	if (c->dec.len > FP_FRAME_KEEP) {
 		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
+		arm_timer(c); /* cheap: an earlier armed timer re-arms itself when it fires */
+	}
 	r = fp_env_unpack_cached(c->dec.buf, c->dec.len, &c->envc, &e);
 	fp_frame_dec_next(&c->dec);
 	if (r < 0) {
@@ -637,18 +641,6 @@ static void input_trim(struct fp_conn *c)
 		return;
 	fp_frame_dec_trim(&c->dec);
 	fp_env_cache_trim(&c->envc);
-}
-
-/*
- * Input paused. The buffers of large frames are released TRIM_DELAY_MS after the last large
- * frame (handle_frame sets trim_due), not at every pause: during an upload the socket drains
- * between most frames, and freeing and allocating a megabyte each time cost page faults on
- * every frame (about a fifth of the receiver's CPU); small frames (heartbeats) do not delay it.
- */
-static void input_idle(struct fp_conn *c)
-{
-	if (c->trim_due)
-		arm_timer(c);
 }
 
 /* Plaintext arrived: split into frames. */
@@ -797,9 +789,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		cipher_in(c, (const uint8_t *)buf->base, (size_t)nread);
 	else
 		plain_in(c, (const uint8_t *)buf->base, (size_t)nread);
-	/* A read shorter than the buffer means the socket is drained for now. */
-	if ((size_t)nread < buf->len)
-		input_idle(c);
 }
 
 static int start_reading(struct fp_conn *c)
