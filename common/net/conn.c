@@ -61,8 +61,7 @@ struct fp_conn {
 	enum conn_state state;
 	struct fp_tls *tls; /* NULL in insecure mode */
 	struct fp_frame_dec dec;
-	struct fp_env_cache envc; /* reused block for the data of incoming chunks */
-	struct wblk *wcur;	  /* block being filled, not yet given to uv_write */
+	struct wblk *wcur;  /* block being filled, not yet given to uv_write */
 	struct wblk *wfree; /* spare bulk blocks (a list through req.data), up to WBLK_SPARE */
 	int nfree;
 	bool bulk;	 /* a block filled up during the current send: use large blocks */
@@ -77,6 +76,7 @@ struct fp_conn {
 	bool want_drain;   /* on_drain owed once the queue is low */
 	bool shut_pending; /* uv_shutdown issued, callback not yet run */
 	bool peer_eof;	   /* the peer closed its side */
+	bool in_msg;	   /* inside on_msg: the frame buffer is in use */
 	uint64_t t0;	   /* loop time of accept/connect */
 	uint64_t last_rx;  /* loop time of the last byte received */
 	uint64_t frame_t0; /* loop time the current frame started; 0 = none */
@@ -431,7 +431,6 @@ static void on_handle_closed(uv_handle_t *h)
 		c->ops->on_close(c);
 	fp_tls_free(c->tls);
 	fp_frame_dec_free(&c->dec);
-	fp_env_cache_trim(&c->envc);
 	wblk_trim(c);
 	free(c->wcur);
 	free(c);
@@ -606,6 +605,8 @@ static void handle_frame(struct fp_conn *c)
 	Fedprune__Envelope *e = NULL;
 	Fedprune__ErrorCode code;
 	unsigned need = c->server ? FP_FROM_CLIENT : FP_FROM_SERVER;
+	const uint8_t *frame = c->dec.buf; /* stays until the next frame is fed */
+	size_t len = c->dec.len;
 	int r;
 
 	c->frame_t0 = 0;
@@ -613,7 +614,8 @@ static void handle_frame(struct fp_conn *c)
 		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
 		arm_timer(c); /* cheap: an earlier armed timer re-arms itself when it fires */
 	}
-	r = fp_env_unpack_cached(c->dec.buf, c->dec.len, &c->envc, &e);
+	/* A chunk's data is handed on where it is, in the frame buffer. */
+	r = fp_env_unpack_inplace(frame, len, &e);
 	fp_frame_dec_next(&c->dec);
 	if (r < 0) {
 		fp_conn_fail(c, FEDPRUNE__ERROR_CODE__ERROR_BAD_MESSAGE, r, "%s", fp_err_last());
@@ -628,9 +630,11 @@ static void handle_frame(struct fp_conn *c)
 			     "message '%s' is not sent by a %s", fp_msg_name(e->msg_case),
 			     c->server ? "client" : "server");
 	} else {
+		c->in_msg = true;
 		c->ops->on_msg(c, e);
+		c->in_msg = false;
 	}
-	fp_env_free_cached(e, &c->envc);
+	fp_env_free_inplace(e, frame, len);
 }
 
 /* Give back what only a stream of large frames needs, unless a frame is half read. */
@@ -640,7 +644,6 @@ static void input_trim(struct fp_conn *c)
 	if (fp_frame_dec_partial(&c->dec))
 		return;
 	fp_frame_dec_trim(&c->dec);
-	fp_env_cache_trim(&c->envc);
 }
 
 /* Plaintext arrived: split into frames. */
@@ -920,6 +923,8 @@ int fp_conn_inject(struct fp_conn *c, const uint8_t *p, size_t n)
 {
 	if (!c->sink || c->state != C_SECURE)
 		return -ENOTCONN;
+	if (c->in_msg)
+		return -EBUSY; /* the message being handled points into the frame buffer */
 	c->stats.rx_bytes += n;
 	c->last_rx = uv_now(c->loop);
 	plain_in(c, p, n);
@@ -998,7 +1003,7 @@ const char *fp_conn_reason(const struct fp_conn *c)
 
 size_t fp_conn_input_held(const struct fp_conn *c)
 {
-	return c->dec.cap + c->envc.cap;
+	return c->dec.cap;
 }
 
 int fp_conn_error(const struct fp_conn *c)

@@ -89,7 +89,8 @@ typedef int (*fp_conn_sink_fn)(void *ud, const uint8_t *p, size_t n);
 int fp_conn_new_virtual(uv_loop_t *loop, const struct fp_conn_cfg *cfg, const char *identity,
 			fp_conn_sink_fn sink, void *ud, struct fp_conn **ret);
 
-/* Feed n bytes to a virtual connection as if they had arrived. Returns 0 or -ENOTCONN. */
+/* Feed n bytes to a virtual connection as if they had arrived. Returns 0, -ENOTCONN, or
+ * -EBUSY from within c's on_msg (the message being handled still points into c's input). */
 int fp_conn_inject(struct fp_conn *c, const uint8_t *p, size_t n);
 
 /*
@@ -159,7 +160,7 @@ int fp_conn_error(const struct fp_conn *c);
  * call. */
 const char *fp_conn_tls_version(const struct fp_conn *c);
 
-/* Bytes of input buffers c holds for large frames (frame payload and chunk data); they are
+/* Bytes of input buffer c holds for large frames (a chunk's data is read where it is); it is
  * released once input has paused for half a second. For tests and metrics. */
 size_t fp_conn_input_held(const struct fp_conn *c);
 

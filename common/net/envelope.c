@@ -73,7 +73,6 @@ const char *fp_error_code_name(int code)
 struct budget {
 	size_t left;
 	bool over;
-	struct fp_env_cache *cache;
 };
 
 #define ALLOC_OVERHEAD 32 /* what malloc spends beyond the bytes asked for, roughly */
@@ -88,60 +87,27 @@ static void *budget_alloc(void *data, size_t size)
 		return NULL;
 	}
 	b->left -= cost;
-	if (b->cache && size >= FP_ENV_CACHE_MIN && !b->cache->in_use) {
-		struct fp_env_cache *c = b->cache;
-
-		if (c->cap < size) {
-			free(c->block);
-			c->cap = 0;
-			c->block = malloc(size);
-			if (!c->block)
-				return NULL;
-			c->cap = size;
-		}
-		c->in_use = true;
-		return c->block;
-	}
 	return malloc(size ? size : 1);
 }
 
 static void plain_free(void *data, void *p)
 {
-	struct budget *b = data;
-	struct fp_env_cache *c = b ? b->cache : NULL;
-
-	if (c && p && p == c->block) {
-		c->in_use = false;
-		return;
-	}
+	(void)data;
 	free(p);
 }
 
 static ProtobufCAllocator free_allocator = { .free = plain_free };
 
-void fp_env_cache_trim(struct fp_env_cache *c)
-{
-	if (c->in_use)
-		return;
-	free(c->block);
-	c->block = NULL;
-	c->cap = 0;
-}
-
-int fp_env_unpack(const uint8_t *p, size_t n, Fedprune__Envelope **ret)
-{
-	return fp_env_unpack_cached(p, n, NULL, ret);
-}
-
-int fp_env_unpack_cached(const uint8_t *p, size_t n, struct fp_env_cache *cache,
+/* Decode p[0..n) (the frame payload, n bytes) with an allocation budget of left bytes. */
+static int unpack_budget(const uint8_t *p, size_t len, size_t n, size_t left,
 			 Fedprune__Envelope **ret)
 {
-	struct budget b = { .left = FP_ENV_BUDGET(n), .cache = cache };
+	struct budget b = { .left = left };
 	ProtobufCAllocator a = { .alloc = budget_alloc, .free = plain_free, .allocator_data = &b };
 	Fedprune__Envelope *e;
 
 	*ret = NULL;
-	e = fedprune__envelope__unpack(&a, n, p);
+	e = fedprune__envelope__unpack(&a, len, p);
 	if (!e) {
 		if (b.over)
 			return fp_err_detail(-EBADMSG,
@@ -154,19 +120,180 @@ int fp_env_unpack_cached(const uint8_t *p, size_t n, struct fp_env_cache *cache,
 	return 0;
 }
 
+int fp_env_unpack(const uint8_t *p, size_t n, Fedprune__Envelope **ret)
+{
+	return unpack_budget(p, n, n, FP_ENV_BUDGET(n), ret);
+}
+
 void fp_env_free(Fedprune__Envelope *e)
 {
 	if (e)
 		fedprune__envelope__free_unpacked(e, &free_allocator);
 }
 
-void fp_env_free_cached(Fedprune__Envelope *e, struct fp_env_cache *cache)
-{
-	struct budget b = { .cache = cache };
-	ProtobufCAllocator a = { .free = plain_free, .allocator_data = &b };
+/* --- in-place decoding of chunk data --- */
 
-	if (e)
-		fedprune__envelope__free_unpacked(e, &a);
+/*
+ * The protobuf wire format is a sequence of (tag, value) fields, and decoding a message without
+ * one of its fields gives the message minus that field. So a chunk envelope is decoded from a
+ * copy of its few bytes of header with the data field cut out, and data is then pointed at
+ * the bytes in the frame. Only the canonical shape is handled here: the chunk field once in the
+ * envelope, the data field once in the chunk, every field well formed. Anything else is
+ * decoded by protobuf-c as a whole (fp_env_unpack), which is always correct; this is only
+ * faster. fuzz_unpack checks that both decodings agree on every input.
+ */
+
+#define ENV_FIELD_CHUNK	 13	     /* Envelope.chunk */
+#define CHUNK_FIELD_DATA 6	     /* TensorChunk.data */
+#define LIFT_HEADER_MAX	 (64u << 10) /* larger remainders are decoded as a whole */
+
+/* A varint of at most max bytes at *p (< end); advances *p. false: malformed or too long. */
+static bool wire_varint(const uint8_t **p, const uint8_t *end, unsigned max, uint64_t *ret)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < max && *p < end; i++) {
+		uint8_t b = *(*p)++;
+
+		v |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*ret = v;
+			return true;
+		}
+	}
+	return false;
+}
+
+struct wire_field {
+	const uint8_t *tag;  /* first byte of the field */
+	const uint8_t *lenp; /* its length prefix */
+	const uint8_t *val;  /* (len) value of a length-delimited field */
+	size_t len;
+	const uint8_t *end; /* one past the field */
+};
+
+/*
+ * Find field num, length-delimited, in the message p[0..end). Returns 1 and *f when it occurs
+ * exactly once with that wire type, 0 when it does not occur, -1 when the message is not
+ * walked easily (a malformed or group field, num twice or with another wire type).
+ */
+static int wire_find(const uint8_t *p, const uint8_t *end, uint32_t num, struct wire_field *f)
+{
+	int found = 0;
+
+	while (p < end) {
+		const uint8_t *at = p, *lenp;
+		uint64_t tag, v;
+		unsigned wt;
+
+		if (!wire_varint(&p, end, 5, &tag) || tag >> 3 == 0 || tag > UINT32_MAX)
+			return -1;
+		wt = (unsigned)(tag & 7);
+		switch (wt) {
+		case 0: /* varint */
+			if (!wire_varint(&p, end, 10, &v))
+				return -1;
+			break;
+		case 1: /* 64-bit */
+			if (end - p < 8)
+				return -1;
+			p += 8;
+			break;
+		case 2: /* length-delimited */
+			lenp = p;
+			if (!wire_varint(&p, end, 5, &v) || v > (uint64_t)(end - p))
+				return -1;
+			if (tag >> 3 == num) {
+				if (found)
+					return -1;
+				found = 1;
+				f->tag = at;
+				f->lenp = lenp;
+				f->val = p;
+				f->len = (size_t)v;
+				f->end = p + v;
+			}
+			p += v;
+			break;
+		case 5: /* 32-bit */
+			if (end - p < 4)
+				return -1;
+			p += 4;
+			break;
+		default:
+			return -1;
+		}
+		if (tag >> 3 == num && wt != 2)
+			return -1;
+	}
+	return found;
+}
+
+static uint8_t *put_varint(uint8_t *o, uint64_t v)
+{
+	while (v >= 0x80) {
+		*o++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*o++ = (uint8_t)v;
+	return o;
+}
+
+static uint8_t *put(uint8_t *o, const uint8_t *from, const uint8_t *to)
+{
+	memcpy(o, from, (size_t)(to - from));
+	return o + (to - from);
+}
+
+int fp_env_unpack_inplace(const uint8_t *p, size_t n, Fedprune__Envelope **ret)
+{
+	const uint8_t *end = p + n;
+	struct wire_field ch, d;
+	uint8_t stack[512], *hdr = stack, *o;
+	size_t hdr_len, left = FP_ENV_BUDGET(n);
+	Fedprune__Envelope *e;
+	int r;
+
+	*ret = NULL;
+	if (wire_find(p, end, ENV_FIELD_CHUNK, &ch) != 1 ||
+	    wire_find(ch.val, ch.val + ch.len, CHUNK_FIELD_DATA, &d) != 1 || d.len == 0)
+		return fp_env_unpack(p, n, ret);
+	hdr_len = n - (size_t)(d.end - d.tag); /* an upper bound: the chunk length may shrink */
+	if (hdr_len > LIFT_HEADER_MAX)
+		return fp_env_unpack(p, n, ret);
+	/* Charge the data as fp_env_unpack allocates it, so both accept the same frames (it fits:
+	 * d.len < n and the budget is over 4 n). */
+	left -= d.len + ALLOC_OVERHEAD;
+	if (hdr_len > sizeof(stack) && !(hdr = malloc(hdr_len)))
+		return -ENOMEM;
+	/* The envelope up to the chunk's length, the new length, the chunk without its data
+	 * field, the rest of the envelope. */
+	o = put(hdr, p, ch.lenp);
+	o = put_varint(o, ch.len - (size_t)(d.end - d.tag));
+	o = put(o, ch.val, d.tag);
+	o = put(o, d.end, ch.end);
+	o = put(o, ch.end, end);
+	r = unpack_budget(hdr, (size_t)(o - hdr), n, left, &e);
+	if (hdr != stack)
+		free(hdr);
+	if (r < 0)
+		return r;
+	if (e->msg_case == FEDPRUNE__ENVELOPE__MSG_CHUNK) {
+		e->chunk->data.data = (uint8_t *)d.val;
+		e->chunk->data.len = d.len;
+	}
+	*ret = e;
+	return 0;
+}
+
+void fp_env_free_inplace(Fedprune__Envelope *e, const uint8_t *p, size_t n)
+{
+	if (!e)
+		return;
+	if (e->msg_case == FEDPRUNE__ENVELOPE__MSG_CHUNK &&
+	    (uintptr_t)e->chunk->data.data - (uintptr_t)p < n)
+		e->chunk->data = (ProtobufCBinaryData){ 0 };
+	fp_env_free(e);
 }
 
 int fp_env_pack_frame(const Fedprune__Envelope *e, size_t max, uint8_t **ret, size_t *ret_len)

@@ -41,22 +41,6 @@ unsigned fp_msg_senders(fp_msg_t type);
 const char *fp_error_code_name(int code);
 
 /*
- * One reusable block for the large field of a decoded envelope (a chunk's data), so a stream
- * of chunks does not allocate and fault in fresh pages for every one. Owned by a connection;
- * initialise to all zeros; release with fp_env_cache_trim.
- */
-struct fp_env_cache {
-	void *block;
-	size_t cap;
-	bool in_use;
-};
-
-#define FP_ENV_CACHE_MIN (64u << 10) /* allocations at least this large use the cache */
-
-/* Free the cached block unless an envelope still uses it. */
-void fp_env_cache_trim(struct fp_env_cache *c);
-
-/*
  * Decode an n-byte payload into a new Envelope. The allocations of the decoder are capped at
  * FP_ENV_BUDGET(n) bytes so a small frame cannot expand into a large allocation. Returns 0
  * and *ret (free with fp_env_free), or -EBADMSG with a detail ("malformed envelope", "envelope
@@ -67,10 +51,16 @@ int fp_env_unpack(const uint8_t *p, size_t n, Fedprune__Envelope **ret);
 /* Free an Envelope returned by fp_env_unpack (NULL is fine). */
 void fp_env_free(Fedprune__Envelope *e);
 
-/* As fp_env_unpack / fp_env_free, with large fields placed in cache (one envelope at a time). */
-int fp_env_unpack_cached(const uint8_t *p, size_t n, struct fp_env_cache *cache,
-			 Fedprune__Envelope **ret);
-void fp_env_free_cached(Fedprune__Envelope *e, struct fp_env_cache *cache);
+/*
+ * As fp_env_unpack, but the data of a chunk (TensorChunk.data) is not copied: it points into
+ * p[0..n), which must stay unchanged until the envelope is freed with fp_env_free_inplace(e,
+ * p, n). Everything else, including the errors and the allocation budget, is as fp_env_unpack.
+ * (A chunk encoded unusually, e.g. with its data field twice, is decoded by copying.)
+ */
+int fp_env_unpack_inplace(const uint8_t *p, size_t n, Fedprune__Envelope **ret);
+
+/* Free an envelope from fp_env_unpack_inplace of p[0..n) (NULL is fine). */
+void fp_env_free_inplace(Fedprune__Envelope *e, const uint8_t *p, size_t n);
 
 /*
  * Validate a decoded envelope: the protocol version, a known message type, and the bounds of

@@ -225,48 +225,165 @@ static size_t varint(uint8_t *p, uint64_t v)
 	return n;
 }
 
-/* Large fields of consecutive envelopes reuse one cached block; small ones are malloc'd. */
-static void test_envelope_cache(void **state)
+/*
+ * Decode p[0..n) both ways (fp_env_unpack copies everything, fp_env_unpack_inplace leaves a
+ * chunk's data in p); they must give the same result. Returns 1 when the data was left in p,
+ * 0 when it was copied or there is none, -1 when both refused the payload.
+ */
+static int decode_both(const uint8_t *p, size_t n)
 {
-	Fedprune__Envelope e = FEDPRUNE__ENVELOPE__INIT, *d1 = NULL, *d2 = NULL;
+	Fedprune__Envelope *a = NULL, *b = NULL;
+	int ra = fp_env_unpack(p, n, &a), rb = fp_env_unpack_inplace(p, n, &b), in = 0;
+
+	assert_int_equal(ra, rb);
+	if (ra < 0) {
+		assert_null(a);
+		assert_null(b);
+		return -1;
+	}
+	{
+		size_t la, lb;
+		uint8_t *pa = fp_test_pack(a, &la), *pb = fp_test_pack(b, &lb);
+
+		assert_int_equal(la, lb);
+		assert_memory_equal(pa, pb, la);
+		free(pa);
+		free(pb);
+	}
+	if (b->msg_case == FEDPRUNE__ENVELOPE__MSG_CHUNK && b->chunk->data.len)
+		in = b->chunk->data.data >= p && b->chunk->data.data < p + n;
+	fp_env_free(a);
+	fp_env_free_inplace(b, p, n);
+	return in;
+}
+
+static size_t put_varint(uint8_t *o, uint64_t v)
+{
+	size_t k = 0;
+
+	while (v >= 0x80) {
+		o[k++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	o[k++] = (uint8_t)v;
+	return k;
+}
+
+/* Append field num (length-delimited) holding v[0..len) at out + *at. */
+static void put_field(uint8_t *out, size_t *at, unsigned num, const void *v, size_t len)
+{
+	*at += put_varint(out + *at, (uint64_t)num << 3 | 2);
+	*at += put_varint(out + *at, len);
+	memcpy(out + *at, v, len);
+	*at += len;
+}
+
+/* A chunk's data is left in the frame; unusual encodings are decoded by copying, the same. */
+static void test_envelope_inplace(void **state)
+{
+	Fedprune__Envelope e = FEDPRUNE__ENVELOPE__INIT, *d = NULL;
 	Fedprune__TensorChunk c = FEDPRUNE__TENSOR_CHUNK__INIT;
-	struct fp_env_cache cache = { 0 };
-	static uint8_t data[100000];
+	static uint8_t data[100000], buf[4 * sizeof(data)];
+	uint64_t shape[2] = { 400, 250 };
 	uint8_t *p;
-	size_t len;
-	void *block;
+	size_t len, hlen, at;
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(data); i++)
-		data[i] = (uint8_t)i;
-	c.tensor = "w";
+		data[i] = (uint8_t)(i * 7);
+	c.tensor = "model.layers.0.mlp.up_proj.weight";
 	c.kind = FEDPRUNE__PAYLOAD_KIND__PAYLOAD_SCORES_Q8;
+	c.shape = shape;
+	c.n_shape = 2;
 	c.data.data = data;
 	c.data.len = sizeof(data);
-	c.total_bytes = sizeof(data);
+	c.total_bytes = 3 * sizeof(data);
+	c.offset = sizeof(data);
+	c.scale = 0.5f;
 	e.version = FP_PROTO_VERSION;
 	e.msg_case = FEDPRUNE__ENVELOPE__MSG_CHUNK;
 	e.chunk = &c;
+
+	/* As protobuf-c packs it: the data stays where it is, every other field decoded. */
 	p = fp_test_pack(&e, &len);
-	assert_int_equal(fp_env_unpack_cached(p, len, &cache, &d1), 0);
-	assert_true(cache.in_use);
-	assert_ptr_equal(d1->chunk->data.data, cache.block);
-	block = cache.block;
-	/* While the block is taken, the next envelope gets its own allocation. */
-	assert_int_equal(fp_env_unpack_cached(p, len, &cache, &d2), 0);
-	assert_ptr_not_equal(d2->chunk->data.data, block);
-	assert_memory_equal(d2->chunk->data.data, data, sizeof(data));
-	fp_env_free_cached(d2, &cache);
-	fp_env_cache_trim(&cache); /* in use: kept */
-	assert_ptr_equal(cache.block, block);
-	fp_env_free_cached(d1, &cache);
-	assert_false(cache.in_use);
-	assert_int_equal(fp_env_unpack_cached(p, len, &cache, &d1), 0);
-	assert_ptr_equal(d1->chunk->data.data, block);
-	assert_memory_equal(d1->chunk->data.data, data, sizeof(data));
-	fp_env_free_cached(d1, &cache);
-	fp_env_cache_trim(&cache);
-	assert_null(cache.block);
+	assert_int_equal(decode_both(p, len), 1);
+	assert_int_equal(fp_env_unpack_inplace(p, len, &d), 0);
+	assert_string_equal(d->chunk->tensor, c.tensor);
+	assert_int_equal(d->chunk->n_shape, 2);
+	assert_int_equal(d->chunk->shape[1], 250);
+	assert_int_equal(d->chunk->offset, sizeof(data));
+	assert_int_equal(d->chunk->total_bytes, 3 * sizeof(data));
+	assert_int_equal(d->chunk->data.len, sizeof(data));
+	assert_memory_equal(d->chunk->data.data, data, sizeof(data));
+	fp_env_free_inplace(d, p, len);
+	/* Every truncation is refused the same way (or decodes the same way). */
+	for (size_t cut = 0; cut < 120; cut++)
+		assert_true(decode_both(p, cut) <= 0);
+	assert_int_equal(decode_both(p, len - 1), -1);
+	free(p);
+
+	/* The chunk's fields without data, then data twice: the last one counts, copied. */
+	c.data.len = 0;
+	{
+		uint8_t ch[256], inner[512];
+		size_t il = 0;
+
+		hlen = fedprune__tensor_chunk__get_packed_size(&c);
+		assert_true(hlen <= sizeof(ch));
+		fedprune__tensor_chunk__pack(&c, ch);
+		memcpy(inner, ch, hlen);
+		il = hlen;
+		put_field(inner, &il, 6, "abc", 3);
+		put_field(inner, &il, 6, "defg", 4);
+		at = 0;
+		buf[at++] = 0x08; /* version = 1 */
+		buf[at++] = FP_PROTO_VERSION;
+		put_field(buf, &at, 13, inner, il);
+		assert_int_equal(decode_both(buf, at), 0);
+		assert_int_equal(fp_env_unpack_inplace(buf, at, &d), 0);
+		assert_int_equal(d->chunk->data.len, 4);
+		assert_memory_equal(d->chunk->data.data, "defg", 4);
+		fp_env_free_inplace(d, buf, at);
+
+		/* The chunk field twice: protobuf merges them; decoded by copying, the same. */
+		at = 2;
+		put_field(buf, &at, 13, ch, hlen);
+		il = 0;
+		put_field(inner, &il, 6, data, 300);
+		put_field(buf, &at, 13, inner, il);
+		assert_int_equal(decode_both(buf, at), 0);
+
+		/* A chunk, then a heartbeat: the later member of the oneof wins. */
+		at = 2;
+		memcpy(inner, ch, hlen);
+		il = hlen;
+		put_field(inner, &il, 6, data, 300);
+		put_field(buf, &at, 13, inner, il);
+		put_field(buf, &at, 19, "", 0);
+		assert_int_equal(decode_both(buf, at), 0);
+		assert_int_equal(fp_env_unpack_inplace(buf, at, &d), 0);
+		assert_int_equal(d->msg_case, FEDPRUNE__ENVELOPE__MSG_HEARTBEAT);
+		fp_env_free_inplace(d, buf, at);
+
+		/* Data with the wrong wire type (a varint): refused by both. */
+		at = 2;
+		il = hlen;
+		inner[il++] = 6 << 3;
+		inner[il++] = 5;
+		put_field(buf, &at, 13, inner, il);
+		assert_int_equal(decode_both(buf, at), -1);
+	}
+	/* Random payloads around a valid chunk: every byte flipped in turn. */
+	c.data.len = 200;
+	e.version = FP_PROTO_VERSION;
+	p = fp_test_pack(&e, &len);
+	for (size_t i = 0; i < len; i++) {
+		for (unsigned bit = 0; bit < 8; bit++) {
+			p[i] ^= (uint8_t)(1u << bit);
+			decode_both(p, len);
+			p[i] ^= (uint8_t)(1u << bit);
+		}
+	}
 	free(p);
 }
 
@@ -560,7 +677,7 @@ int main(void)
 		cmocka_unit_test(test_decoder_limits),
 		cmocka_unit_test(test_decoder_direct),
 		cmocka_unit_test(test_envelope_round_trip),
-		cmocka_unit_test(test_envelope_cache),
+		cmocka_unit_test(test_envelope_inplace),
 		cmocka_unit_test(test_envelope_bounded_alloc),
 		cmocka_unit_test(test_envelope_checks),
 		cmocka_unit_test(test_identities),
