@@ -31,9 +31,11 @@
 #define TX_DIRECT    (4u << 10)	 /* protobuf pieces at least this large bypass coalescing */
 #define RBUF_DEFAULT (256u << 10)
 #define WBLK_SPARE   8 /* bulk write blocks kept while a transfer runs */
-/* The input buffers of large frames are released this long after the last large frame, not
+/* The buffers of large transfers (the input buffer of large frames, the spare bulk write
+ * blocks) are released this long after the last large frame or the last drained write, not
  * whenever the socket drains: during an upload it drains between most frames, and freeing and
- * faulting in a megabyte again each time cost about a fifth of the receiver's CPU. */
+ * faulting in the memory again each time cost about a fifth of the receiver's CPU, and half
+ * of the sender's on its first upload. */
 #define TRIM_DELAY_MS 500
 
 struct wblk {
@@ -85,7 +87,7 @@ struct fp_conn {
 	uint64_t frame_t0; /* loop time the current frame started; 0 = none */
 	uint64_t linger_due;
 	uint64_t timer_due;   /* when the armed timer fires; 0 = not armed */
-	uint64_t trim_due;    /* when to release the large-frame input buffers; 0 = not due */
+	uint64_t trim_due;    /* when to release the buffers of large transfers; 0 = not due */
 	fp_conn_sink_fn sink; /* virtual connection output */
 	void *sink_ud;
 	int err;
@@ -228,11 +230,16 @@ static void on_write(uv_write_t *req, int status)
 {
 	struct wblk *b = (struct wblk *)req;
 	struct fp_conn *c = b->c;
+	bool bulk = b->cap == WBLK_BULK;
 
 	c->inflight -= b->len;
 	wblk_release(c, b);
-	if (c->inflight == 0 && !c->wcur)
-		wblk_trim(c);
+	if (bulk && c->state < C_CLOSED) {
+		/* Keep the spare blocks until large writes have paused (buffers_trim), not only
+		 * until the queue drains, which during an upload happens between most blocks. */
+		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
+		arm_timer(c);
+	}
 	if (status < 0 && status != UV_ECANCELED && c->state < C_CLOSED) {
 		reasonf(c, status, "write failed: %s", uv_strerror(status));
 		hard_close(c);
@@ -544,7 +551,7 @@ static uint64_t next_deadline(const struct fp_conn *c)
 }
 
 static void on_timer(uv_timer_t *t);
-static void input_trim(struct fp_conn *c);
+static void buffers_trim(struct fp_conn *c);
 
 static void arm_timer(struct fp_conn *c)
 {
@@ -596,7 +603,7 @@ static void on_timer(uv_timer_t *t)
 			     (unsigned long long)c->o.idle_ms);
 	} else {
 		if (c->trim_due && now >= c->trim_due)
-			input_trim(c);
+			buffers_trim(c);
 		arm_timer(c);
 	}
 }
@@ -640,13 +647,17 @@ static void handle_frame(struct fp_conn *c)
 	fp_env_free_inplace(e, frame, len);
 }
 
-/* Give back what only a stream of large frames needs, unless a frame is half read. */
-static void input_trim(struct fp_conn *c)
+/* Give back what only a stream of large frames needs: the frame buffer unless a frame is half
+ * read, the spare write blocks unless writes are in flight. */
+static void buffers_trim(struct fp_conn *c)
 {
 	c->trim_due = 0;
-	if (fp_frame_dec_partial(&c->dec))
-		return;
-	fp_frame_dec_trim(&c->dec);
+	if (!fp_frame_dec_partial(&c->dec))
+		fp_frame_dec_trim(&c->dec);
+	if (c->inflight == 0 && !c->wcur)
+		wblk_trim(c);
+	else if (c->wfree) /* a large write still in flight: look again later */
+		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
 }
 
 /* Plaintext arrived: split into frames. */
@@ -1002,6 +1013,11 @@ const char *fp_conn_claimed(const struct fp_conn *c)
 const char *fp_conn_reason(const struct fp_conn *c)
 {
 	return c->reason;
+}
+
+size_t fp_conn_output_held(const struct fp_conn *c)
+{
+	return (size_t)c->nfree * WBLK_BULK;
 }
 
 size_t fp_conn_input_held(const struct fp_conn *c)

@@ -164,6 +164,10 @@ const char *fp_conn_tls_version(const struct fp_conn *c);
  * released once input has paused for half a second. For tests and metrics. */
 size_t fp_conn_input_held(const struct fp_conn *c);
 
+/* Bytes of spare write blocks c keeps while it sends large messages; released like the input
+ * buffer, half a second after its queue last drained. For tests and metrics. */
+size_t fp_conn_output_held(const struct fp_conn *c);
+
 /* Byte and message counters. Borrowed, valid while c lives. */
 const struct fp_conn_stats *fp_conn_stats(const struct fp_conn *c);
 

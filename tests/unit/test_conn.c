@@ -1352,6 +1352,9 @@ static void test_upload_resume(void **state)
 	assert_int_equal(alice.up_status, 0);
 	assert_int_equal(alice.receipts, 1);
 	assert_int_equal(fp_link_stats(alice.l)->connects, 2); /* one reconnect */
+	/* The client's queue drained after its last chunk (the Receipt came back), yet it still
+	 * holds its spare write blocks: they go half a second after the last large write. */
+	assert_true(fp_conn_output_held(fp_link_conn(alice.l)) > 0);
 	assert_int_equal(w.tensors_done, 3);
 	/* Every byte arrived exactly once and is what the producer made. */
 	assert_int_equal(w.sink_bytes, total);
@@ -1389,6 +1392,18 @@ static void test_upload_resume(void **state)
 		printf("input buffers released after %llu ms\n",
 		       (unsigned long long)(uv_now(&w.loop) - t0));
 		assert_true(fp_conn_input_held(s->conn) <= 2048);
+	}
+	/* ... and has given them back by now. */
+	{
+		struct fp_conn *c = fp_link_conn(alice.l);
+		uint64_t t0 = uv_now(&w.loop);
+
+		assert_non_null(c);
+		while (fp_conn_output_held(c) > 0 && uv_now(&w.loop) - t0 < 3000)
+			uv_run(&w.loop, UV_RUN_ONCE);
+		printf("spare write blocks released %llu ms after the input buffers were\n",
+		       (unsigned long long)(uv_now(&w.loop) - t0));
+		assert_int_equal(fp_conn_output_held(c), 0);
 	}
 	link_stop(&w, &alice);
 	world_stop(&w);
