@@ -160,6 +160,9 @@ int fp_conn_error(const struct fp_conn *c);
  * call. */
 const char *fp_conn_tls_version(const struct fp_conn *c);
 
+/* The socket of c (borrowed, for tests and socket statistics), or -EBADF (virtual or closed). */
+int fp_conn_fd(const struct fp_conn *c);
+
 /* Bytes of input buffer c holds for large frames (a chunk's data is read where it is); it is
  * released once input has paused for half a second. For tests and metrics. */
 size_t fp_conn_input_held(const struct fp_conn *c);

@@ -8,10 +8,14 @@
 #include "test.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -62,6 +66,7 @@ struct world {
 	int restarts;
 	int tensors_done;
 	uint64_t stop_after; /* abort the uploader's connection once this much arrived (0: no) */
+	int srv_lowat;	     /* TCP_NOTSENT_LOWAT of the server's socket (round trip) */
 };
 
 static void rec_closed(struct fp_srv *srv, const char *peer, const char *id, const char *claimed,
@@ -540,11 +545,23 @@ static bool same_as_sample(const Fedprune__Envelope *e)
 	return same;
 }
 
+/* TCP_NOTSENT_LOWAT of c's socket. */
+static int notsent_lowat(const struct fp_conn *c)
+{
+	int fd = fp_conn_fd(c), v = -1;
+	socklen_t len = sizeof(v);
+
+	assert_true(fd >= 0);
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, &len), 0);
+	return v;
+}
+
 static int rt_record(struct fp_srv *srv, struct fp_session *s, const Fedprune__Envelope *e)
 {
 	struct world *w = fp_srv_data(srv);
 
 	assert_string_equal(s->identity, "alice");
+	w->srv_lowat = notsent_lowat(s->conn);
 	if (same_as_sample(e))
 		w->c2s_ok[e->msg_case]++;
 	else
@@ -632,6 +649,9 @@ static void test_round_trip_every_message(void **state)
 	assert_int_equal(w.hellos, 1);
 	assert_string_equal(fp_conn_tls_version(r.c), "TLSv1.3 TLS_AES_128_GCM_SHA256");
 	assert_string_equal(fp_conn_identity(r.c), "localhost");
+	/* Both sides keep at most 256 KiB unsent in the kernel (the rest waits in the queue). */
+	assert_int_equal(w.srv_lowat, 256 << 10);
+	assert_int_equal(notsent_lowat(r.c), 256 << 10);
 	fp_conn_close(r.c, 0, "%s", "test done");
 	assert_true(run_until(&w.loop, raw_is_closed, &r, WAIT_MS));
 	raw_free(&r);
@@ -1873,5 +1893,8 @@ int main(void)
 		cmocka_unit_test(test_virtual_conn),
 	};
 
+	/* As the daemons (fp_daemon_init): a write to a connection the peer has reset fails with
+	 * EPIPE instead of killing the process. */
+	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
