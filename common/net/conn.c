@@ -39,8 +39,8 @@
  * less. */
 #define NOTSENT_LOWAT (256 << 10)
 /* The buffers of large transfers (the input buffer of large frames, the spare bulk write
- * blocks) are released this long after the last large frame or the last drained write, not
- * whenever the socket drains: during an upload it drains between most frames, and freeing and
+ * blocks) are released this long after the last large frame or large write, not whenever the
+ * socket drains: during an upload it drains between most frames, and freeing and
  * faulting in the memory again each time cost about a fifth of the receiver's CPU, and half
  * of the sender's on its first upload. */
 #define TRIM_DELAY_MS 500
@@ -627,7 +627,7 @@ static void handle_frame(struct fp_conn *c)
 	int r;
 
 	c->frame_t0 = 0;
-	if (c->dec.len > FP_FRAME_KEEP) {
+	if (len > FP_FRAME_KEEP) {
 		c->trim_due = uv_now(c->loop) + TRIM_DELAY_MS;
 		arm_timer(c); /* cheap: an earlier armed timer re-arms itself when it fires */
 	}

@@ -168,7 +168,7 @@ int fp_conn_fd(const struct fp_conn *c);
 size_t fp_conn_input_held(const struct fp_conn *c);
 
 /* Bytes of spare write blocks c keeps while it sends large messages; released like the input
- * buffer, half a second after its queue last drained. For tests and metrics. */
+ * buffer, half a second after its last large write. For tests and metrics. */
 size_t fp_conn_output_held(const struct fp_conn *c);
 
 /* Byte and message counters. Borrowed, valid while c lives. */

@@ -98,7 +98,8 @@ static void plain_free(void *data, void *p)
 
 static ProtobufCAllocator free_allocator = { .free = plain_free };
 
-/* Decode p[0..n) (the frame payload, n bytes) with an allocation budget of left bytes. */
+/* Decode p[0..len) with an allocation budget of left bytes; errors name n, the size of the
+ * frame payload (len is smaller when the data of a chunk was cut out). */
 static int unpack_budget(const uint8_t *p, size_t len, size_t n, size_t left,
 			 Fedprune__Envelope **ret)
 {
@@ -195,9 +196,10 @@ static int wire_find(const uint8_t *p, const uint8_t *end, uint32_t num, struct 
 				return -1;
 			break;
 		case 1: /* 64-bit */
-			if (end - p < 8)
+		case 5: /* 32-bit */
+			if (end - p < (wt == 1 ? 8 : 4))
 				return -1;
-			p += 8;
+			p += wt == 1 ? 8 : 4;
 			break;
 		case 2: /* length-delimited */
 			lenp = p;
@@ -214,11 +216,6 @@ static int wire_find(const uint8_t *p, const uint8_t *end, uint32_t num, struct 
 				f->end = p + v;
 			}
 			p += v;
-			break;
-		case 5: /* 32-bit */
-			if (end - p < 4)
-				return -1;
-			p += 4;
 			break;
 		default:
 			return -1;

@@ -210,8 +210,9 @@ int fp_upload_rx_chunk(struct fp_upload_rx *rx, const Fedprune__TensorChunk *c, 
 			   c->tensor, (unsigned long long)c->offset,
 			   (unsigned long long)t->received);
 	}
-	/* fp_env_check guaranteed offset + len <= total and a digest of FP_DIGEST_BYTES or
-	 * none. A digest declared before must not change: the sender's tensor is then not the
+	/* fp_env_check guaranteed offset + len <= total, and refuses a digest of another size
+	 * on the wire; the size is checked here too because FP_DIGEST_BYTES of it are read
+	 * below. A digest declared before must not change: the sender's tensor is then not the
 	 * one whose first bytes we hold (it was computed again after a restart, say). */
 	if (c->tensor_digest.len && c->tensor_digest.len != FP_DIGEST_BYTES)
 		return BAD(C(BAD_MESSAGE), "tensor '%s': a digest of %zu bytes (%u expected)",

@@ -699,7 +699,7 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-#define UP_ROUNDS    5 /* rounds of: reference + upload (1) three times per series, (2), (3) */
+#define UP_ROUNDS    5 /* rounds of: (reference, upload (1)) three times, then (2) and (3) */
 #define V0_PER_ROUND 3
 #define V0_N	     (UP_ROUNDS * V0_PER_ROUND)
 
